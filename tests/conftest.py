@@ -1,0 +1,56 @@
+"""Shared fixtures: one Ray per test session, tiny image-folder trees made on the spot."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture(scope="session")
+def ray_session():
+    """A 2-CPU Ray without dashboard, started once; Tuners must not start their own."""
+    import ray
+
+    os.environ["TUNE_DISABLE_AUTO_INIT"] = "1"
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def make_image_folder(
+    root: Path, classes: list[str], per_class: int, size: tuple[int, int] = (8, 8), ext=".png"
+) -> Path:
+    """`root/train/<class>/*` and `root/test/<class>/*`: each class a different solid colour."""
+    rng = np.random.default_rng(0)
+    for split, count in (("train", per_class), ("test", max(1, per_class // 2))):
+        for label, name in enumerate(classes):
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            for i in range(count):
+                base = np.full((size[1], size[0], 3), 40 * label, dtype=np.int16)
+                pixels = np.clip(base + rng.integers(0, 20, base.shape), 0, 255).astype(np.uint8)
+                Image.fromarray(pixels).save(folder / f"{i:04d}{ext}")
+    return root
+
+
+def run_script(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run an entry script as a user would, in a fresh process with its own Ray."""
+    # The script must start its own Ray, not join the test session's.
+    drop = ("RAY_ADDRESS", "TUNE_DISABLE_AUTO_INIT")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    return subprocess.run(
+        [sys.executable, str(REPO / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+        cwd=REPO,
+    )

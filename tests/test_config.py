@@ -1,0 +1,99 @@
+from pathlib import Path
+
+import pytest
+
+from tuning.config import ConfigError, ExperimentConfig, load_config, smoke
+
+CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_config_loads(path):
+    config = load_config(path)
+    assert isinstance(config, ExperimentConfig)
+    assert config.name == path.stem
+
+
+def test_grid_config_is_the_original_experiment():
+    config = load_config(CONFIGS[0].parent / "grid.yaml")
+    assert config.search.grid == {"lr": [0.001, 0.0001, 0.01], "seed": [0, 1, 2]}
+    assert (config.trial.epochs, config.trial.batch_size, config.trial.hidden) == (5, 64, 128)
+    original = load_config(CONFIGS[0].parent / "grid-original.yaml")
+    assert (original.trial.normalize, original.data.val_size) == ("none", 0)
+
+
+def write(tmp_path, text: str) -> Path:
+    path = tmp_path / "exp.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("trial: {lr: 0}", "trial.lr"),
+        ("trial: {lr: -0.1}", "greater than 0"),
+        ("trial: {batch_size: 0}", "trial.batch_size"),
+        ("trial: {epochs: 0}", "trial.epochs"),
+        ("trial: {lr: fast}", "trial.lr"),
+        ("trial: {lrr: 0.1}", "trial.lrr: unknown key"),
+        ("bogus: 1", "bogus: unknown key"),
+        ("search: {grid: {lr: []}}", "empty list"),
+        ("search: {grid: {momentum: [0.9]}}", "'momentum' is not a trial parameter"),
+        ("search: {grid: {lr: [0.1, -1]}}", "greater than 0"),
+        ("data: {val_size: -1}", "data.val_size"),
+        ("data: {val_size: 0}", "needs a validation split"),
+        ("resources: {gpus_per_trial: -1}", "resources.gpus_per_trial"),
+        ("trial: [1, 2]", "trial"),
+        ("- a\n- b", "must be a mapping"),
+        ("trial: {lr: [unclosed", "not valid YAML"),
+    ],
+)
+def test_bad_values_are_rejected_with_the_key_named(tmp_path, text, expected):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, text))
+    assert expected in str(err.value)
+    assert "exp.yaml" in str(err.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read config"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_overrides_take_dotted_keys_and_yaml_values(tmp_path):
+    config = load_config(
+        write(tmp_path, "trial: {lr: 0.1}"),
+        ["trial.lr=0.5", "search.grid.seed=[0, 1]", "data.dir=/x"],
+    )
+    assert config.trial.lr == 0.5
+    assert config.search.grid == {"seed": [0, 1]}
+    assert config.data.dir == "/x"
+
+
+@pytest.mark.parametrize(
+    "override, expected",
+    [
+        ("trial.lrr=0.1", "'lrr' is not a key of trial"),
+        ("nothing.here=1", "'nothing' is not a key of the top level"),
+        ("trial=3", "is a section"),
+        ("trial.lr", "KEY=VALUE"),
+        ("trial.lr=-1", "greater than 0"),
+    ],
+)
+def test_bad_overrides_are_refused(tmp_path, override, expected):
+    with pytest.raises(ConfigError, match=expected):
+        load_config(write(tmp_path, ""), [override])
+
+
+def test_grid_values_are_coerced_like_the_trial_field(tmp_path):
+    config = load_config(write(tmp_path, "search: {grid: {lr: [1, '0.5']}}"))
+    assert config.search.grid["lr"] == [1.0, 0.5]
+    assert all(isinstance(v, float) for v in config.search.grid["lr"])
+
+
+def test_smoke_keeps_two_trials_and_two_epochs():
+    config = smoke(load_config(CONFIGS[0].parent / "grid.yaml"), synthetic=True)
+    assert config.search.grid == {"lr": [0.001, 0.0001], "seed": [0]}
+    assert config.trial.epochs == 2
+    assert config.data.source == "synthetic"

@@ -1,0 +1,89 @@
+import io
+
+import pytest
+import torch
+
+from trainable.data import DataSpec, load_dataset
+from trainable.loop import Training
+from trainable.models import build_model
+
+CONFIG = dict(
+    model="mlp",
+    hidden=32,
+    optimizer="adam",
+    lr=1e-3,
+    batch_size=64,
+    epochs=3,
+    weight_decay=0.0,
+    normalize="channel",
+    seed=0,
+)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset(DataSpec(source="synthetic", val_size=500, train_subset=2000))
+
+
+def test_mlp_is_the_original_network():
+    model = build_model({"model": "mlp", "hidden": 128}, (3, 32, 32), 10)
+    layers = [type(m).__name__ for m in model]
+    assert layers == ["Flatten", "Linear", "ReLU", "Linear"]
+    assert (model[1].in_features, model[1].out_features, model[3].out_features) == (3072, 128, 10)
+    out = model(torch.zeros(5, 3, 32, 32))
+    assert out.shape == (5, 10)
+    out.sum().backward()
+    assert model[1].weight.grad.shape == (128, 3072)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_the_loop_learns(data, optimizer):
+    lr = 0.01 if optimizer == "sgd" else 1e-3
+    training = Training({**CONFIG, "optimizer": optimizer, "lr": lr}, data, torch.device("cpu"))
+    before = training.evaluate("val")
+    epochs = [training.train_epoch() for _ in range(3)]
+    after = training.evaluate("val")
+    assert [e["epoch"] for e in epochs] == [1, 2, 3]
+    assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
+    assert after["val_loss"] < before["val_loss"]
+    assert after["val_acc"] > 0.5  # chance is 0.1
+
+
+@pytest.mark.parametrize("normalize", ["channel", "none"])
+def test_normalisation(data, normalize):
+    training = Training({**CONFIG, "normalize": normalize}, data, torch.device("cpu"))
+    x = training.normalise(training.train[0])
+    if normalize == "channel":  # the training split ends up with mean 0, std 1 per channel
+        torch.testing.assert_close(x.mean(dim=(0, 2, 3)), torch.zeros(3), atol=1e-4, rtol=0)
+        torch.testing.assert_close(x.std(dim=(0, 2, 3)), torch.ones(3), atol=1e-3, rtol=0)
+    else:
+        torch.testing.assert_close(x, training.train[0].float() / 255)
+
+
+def test_restored_state_continues_exactly(data):
+    first = Training(CONFIG, data, torch.device("cpu"))
+    first.train_epoch()
+    saved = io.BytesIO()
+    torch.save(first.state_dict(), saved)  # as the trainable checkpoints
+    expected = first.train_epoch()
+
+    torch.manual_seed(999)  # a restored trial must not depend on the process's RNG state
+    second = Training({**CONFIG, "seed": 5}, data, torch.device("cpu"))
+    saved.seek(0)
+    second.load_state_dict(torch.load(saved, weights_only=True))
+    got = second.train_epoch()
+    assert got["epoch"] == expected["epoch"] == 2
+    assert got["train_loss"] == expected["train_loss"]
+
+
+def test_same_seed_same_run_other_seed_other_run(data):
+    cpu = torch.device("cpu")
+    runs = [Training({**CONFIG, "seed": s}, data, cpu).train_epoch() for s in (1, 1, 2)]
+    assert runs[0]["train_loss"] == runs[1]["train_loss"] != runs[2]["train_loss"]
+
+
+def test_divergence_is_flagged(data):
+    training = Training({**CONFIG, "lr": 1e6}, data, torch.device("cpu"))
+    with torch.no_grad():
+        training.model[1].weight.fill_(float("nan"))
+    assert training.train_epoch()["diverged"]

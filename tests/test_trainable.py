@@ -1,0 +1,70 @@
+"""The trainable under real Ray Tune, and the tables built from what it reported."""
+
+import json
+from pathlib import Path
+
+import pytest
+
+from trainable.data import load_dataset
+from tuning.config import ExperimentConfig, smoke
+from tuning.export import EPOCH_FIELDS, TRIAL_FIELDS, build_tables
+from tuning.runner import param_space, run_tuner
+
+
+@pytest.fixture(scope="module")
+def grid_run(ray_session, tmp_path_factory):
+    config = smoke(
+        ExperimentConfig.model_validate(
+            {"trial": {"epochs": 3, "hidden": 16}, "search": {"grid": {"lr": [1e-3, 1e-4]}}}
+        ),
+        synthetic=True,
+    )
+    config.trial.epochs = 3
+    run_dir = tmp_path_factory.mktemp("run")
+    results = run_tuner(config, load_dataset(config.data.spec()), run_dir)
+    return config, run_dir, results
+
+
+def test_param_space_crosses_the_grid_and_keeps_run_settings_out():
+    config = ExperimentConfig.model_validate({"search": {"grid": {"lr": [0.1, 0.2], "seed": [1]}}})
+    space = param_space(config)
+    assert space["lr"] == {"grid_search": [0.1, 0.2]} and space["seed"] == {"grid_search": [1]}
+    assert space["batch_size"] == 64
+    assert set(space) == set(config.trial.model_dump())  # no data dir, threads or devices
+
+
+def test_every_epoch_is_reported_and_test_only_at_the_end(grid_run):
+    _, run_dir, results = grid_run
+    assert len(results) == 2 and not results.errors
+    for result in results:
+        rows = [json.loads(line) for line in (Path(result.path) / "result.json").open()]
+        assert [r["epoch"] for r in rows] == [1, 2, 3]
+        for row in rows:
+            assert {"train_loss", "train_acc", "val_loss", "val_acc", "epoch_time_s"} <= set(row)
+        assert [("test_acc" in r) for r in rows] == [False, False, True]
+        assert Path(result.path).parent == run_dir / "ray"
+        assert result.checkpoint is not None
+
+
+def test_seeds_and_lrs_reach_the_trials(grid_run):
+    _, _, results = grid_run
+    assert sorted(r.config["lr"] for r in results) == [1e-4, 1e-3]
+    assert {r.config["hidden"] for r in results} == {16}
+
+
+def test_tables_hold_one_row_per_epoch_and_trial(grid_run):
+    config, _, results = grid_run
+    epochs, trials = build_tables(results, config)
+    assert epochs.column_names[: len(EPOCH_FIELDS)] == list(EPOCH_FIELDS)
+    assert {"lr", "batch_size", "seed", "hidden"} <= set(epochs.column_names)
+    assert epochs.num_rows == 6 and trials.num_rows == 2
+    assert set(TRIAL_FIELDS) <= set(trials.column_names)
+    rows = trials.to_pylist()
+    assert {r["status"] for r in rows} == {"completed"}
+    for row in rows:
+        mine = [e for e in epochs.to_pylist() if e["trial_id"] == row["trial_id"]]
+        assert [e["epoch"] for e in mine] == [1, 2, 3]
+        assert row["best_val_acc"] == max(e["val_acc"] for e in mine)
+        assert row["final_val_acc"] == mine[-1]["val_acc"]
+        assert row["train_time_s"] == pytest.approx(sum(e["epoch_time_s"] for e in mine))
+        assert 0.1 < row["test_acc"] <= 1

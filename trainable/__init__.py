@@ -1,0 +1,1 @@
+"""What one trial needs: data, models, the epoch loop, and the Ray Tune trainable."""

@@ -1,0 +1,71 @@
+"""The Ray Tune adapter: one trial = one `CifarTrainable` actor; `step` = one epoch."""
+
+from __future__ import annotations
+
+import os
+
+import ray
+import torch
+from ray import tune
+
+from trainable.data import DataBundle
+from trainable.loop import Training
+
+CHECKPOINT_FILE = "state.pt"
+
+
+def choose_device() -> torch.device:
+    """CUDA when Ray gave this trial a GPU (and CUDA works), else the CPU."""
+    if ray.get_gpu_ids() and torch.cuda.is_available():
+        return torch.device("cuda")
+    return torch.device("cpu")
+
+
+class CifarTrainable(tune.Trainable):
+    """Trains one configuration, reporting the DESIGN.md metrics once per epoch.
+
+    Built with `tune.with_parameters(CifarTrainable, data=..., threads=...)`: the arrays reach
+    every trial from the object store, and the run settings stay out of `param_space`.
+    """
+
+    def setup(self, config: dict, data: DataBundle, threads: int = 1) -> None:
+        # One thread per CPU Ray gave the trial, or concurrent trials oversubscribe the cores.
+        torch.set_num_threads(threads)
+        self.data = data
+        self.device = choose_device()
+        self.training = Training(config, data, self.device)
+
+    def step(self) -> dict:
+        metrics = self.training.train_epoch()
+        if metrics["diverged"]:
+            # A non-finite loss cannot recover: stop now rather than train on NaNs.
+            return {**metrics, "done": True}
+        if len(self.data.val_y):
+            metrics.update(self.training.evaluate("val"))
+        if self.training.epoch >= self.config["epochs"]:
+            metrics.update(self.training.evaluate("test"))
+            metrics["done"] = True
+        return metrics
+
+    def save_checkpoint(self, checkpoint_dir: str) -> None:
+        torch.save(self.training.state_dict(), os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+
+    def load_checkpoint(self, checkpoint_dir: str) -> None:
+        # weights_only: a checkpoint is data, never code to run.
+        state = torch.load(
+            os.path.join(checkpoint_dir, CHECKPOINT_FILE),
+            map_location=self.device,
+            weights_only=True,
+        )
+        self.training.load_state_dict(state)
+
+    def reset_config(self, new_config: dict) -> bool:
+        """Reuse this actor for another trial (`reuse_actors`): a fresh model, same data."""
+        self.training = Training(new_config, self.data, self.device)
+        return True
+
+    def __repr__(self) -> str:
+        # The Ray dashboard lists actors by repr: make each trial's row recognisable.
+        config = getattr(self, "config", None) or {}
+        shown = ", ".join(f"{k}={config[k]}" for k in ("lr", "batch_size", "seed") if k in config)
+        return f"CifarTrainable({getattr(self, '_trial_info', None) and self.trial_id}: {shown})"

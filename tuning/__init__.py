@@ -1,0 +1,1 @@
+"""Drivers: config → search space → Tuner → Parquet tables and reports."""

@@ -1,0 +1,193 @@
+"""Experiment config: YAML → validated pydantic models, with dotted `--set` overrides."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from trainable.data import DataSpec
+
+
+class ConfigError(ValueError):
+    """A config file, flag or override the user must fix; the message says how."""
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(Strict):
+    dir: str = "data"  # CIFAR-10 files or an image-folder tree; see trainable/data.py
+    source: Literal["auto", "torchvision", "imagefolder", "synthetic"] = "auto"
+    val_size: int = Field(5000, ge=0)  # images held out of train for validation; 0 = none
+    split_seed: int = 0  # fixed across trials: every trial sees the same split
+    train_subset: int | None = Field(None, ge=1)  # stratified subset of train (smoke runs)
+    test_subset: int | None = Field(None, ge=1)
+    cache_dir: str | None = None  # decoded arrays; default ~/.cache/cifar-tune
+
+    def spec(self) -> DataSpec:
+        return DataSpec(**self.model_dump())
+
+
+class TrialConfig(Strict):
+    """Everything one trial needs; each field can be searched over."""
+
+    model: Literal["mlp"] = "mlp"
+    hidden: int = Field(128, ge=1)
+    optimizer: Literal["adam", "adamw", "sgd"] = "adam"  # sgd uses Nesterov momentum 0.9
+    lr: float = Field(0.001, gt=0)
+    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(5, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+    normalize: Literal["channel", "none"] = "channel"  # none = scale to [0, 1], as the original
+    seed: int = 0
+
+
+class SearchConfig(Strict):
+    kind: Literal["grid"] = "grid"
+    grid: dict[str, list[Any]] = Field(default_factory=dict)  # trial field → values to cross
+
+    @field_validator("grid")
+    @classmethod
+    def _grid_values(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        coerced = {}
+        for key, values in grid.items():
+            if key not in TrialConfig.model_fields:
+                known = ", ".join(TrialConfig.model_fields)
+                raise ValueError(f"'{key}' is not a trial parameter (known: {known})")
+            if not values:
+                raise ValueError(f"grid for '{key}' is an empty list; give at least one value")
+            coerced[key] = [_trial_value(key, value) for value in values]
+        return coerced
+
+
+def _trial_value(key: str, value: Any) -> Any:
+    """`value` validated and coerced as the trial field `key` would be."""
+    try:
+        return getattr(TrialConfig.model_validate({key: value}), key)
+    except ValidationError as err:
+        raise ValueError(f"grid value {value!r} for '{key}': {err.errors()[0]['msg']}") from None
+
+
+class ResourcesConfig(Strict):
+    cpus_per_trial: float = Field(1, gt=0)
+    gpus_per_trial: float | Literal["auto"] = "auto"  # auto: 0 without CUDA
+
+    @field_validator("gpus_per_trial")
+    @classmethod
+    def _non_negative(cls, value: float | str) -> float | str:
+        if value != "auto" and value < 0:
+            raise ValueError("must be 'auto' or a number ≥ 0")
+        return value
+
+
+METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
+
+
+class ExperimentConfig(Strict):
+    name: str = Field("experiment", pattern=r"^[A-Za-z0-9._-]+$")
+    metric: Literal[METRICS] = "val_acc"  # named once: used for best-trial choice and export
+    mode: Literal["max", "min"] = "max"
+    data: DataConfig = Field(default_factory=DataConfig)
+    trial: TrialConfig = Field(default_factory=TrialConfig)
+    search: SearchConfig = Field(default_factory=SearchConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+
+    @model_validator(mode="after")
+    def _metric_has_data(self) -> ExperimentConfig:
+        if self.metric.startswith("val_") and self.data.val_size == 0:
+            raise ValueError(
+                f"metric '{self.metric}' needs a validation split but data.val_size is 0; "
+                "set data.val_size > 0 or choose metric train_acc / train_loss"
+            )
+        return self
+
+
+def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
+    """Read a YAML experiment, apply `KEY=VALUE` overrides, validate; ConfigError on any fault."""
+    path = Path(path)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except OSError as err:
+        raise ConfigError(
+            f"cannot read config {path}: {err.strerror}; check the --config path"
+        ) from None
+    except yaml.YAMLError as err:
+        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"config {path} must be a mapping of sections (name, data, trial, ...)")
+    raw = apply_overrides(raw, overrides)
+    try:
+        return ExperimentConfig.model_validate(raw)
+    except ValidationError as err:
+        raise ConfigError(f"config {path} is invalid:\n{_describe(err)}") from None
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Return a copy of `raw` with each `a.b.c=YAML` override set; unknown keys are refused."""
+    raw = copy.deepcopy(raw)
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set '{item}' must look like KEY=VALUE, e.g. --set trial.lr=0.01")
+        parts = key.strip().split(".")
+        _check_key(key, parts)
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as err:
+            raise ConfigError(f"--set {key}: value '{text}' is not valid YAML: {err}") from None
+        node = raw
+        for part in parts[:-1]:
+            child = node.get(part)
+            if not isinstance(child, dict):
+                child = node[part] = {}
+            node = child
+        node[parts[-1]] = value
+    return raw
+
+
+def _check_key(key: str, parts: list[str]) -> None:
+    model: type[BaseModel] = ExperimentConfig
+    for depth, part in enumerate(parts):
+        if part not in model.model_fields:
+            where = ".".join(parts[:depth]) or "the top level"
+            known = ", ".join(model.model_fields)
+            raise ConfigError(f"--set {key}: '{part}' is not a key of {where} (known: {known})")
+        annotation = model.model_fields[part].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return  # a leaf or a free mapping such as search.grid: validated with the file
+        model = annotation
+    raise ConfigError(f"--set {key}: '{key}' is a section; set one of its keys instead")
+
+
+def _describe(err: ValidationError) -> str:
+    lines = []
+    for problem in err.errors():
+        where = ".".join(str(p) for p in problem["loc"]) or "(top level)"
+        message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] == "extra_forbidden":
+            message = "unknown key; remove it or fix its spelling"
+        got = problem.get("input")
+        shown = "" if problem["type"] in ("extra_forbidden", "missing") else f" (got {got!r})"
+        lines.append(f"  {where}: {message}{shown}")
+    return "\n".join(lines)
+
+
+def smoke(config: ExperimentConfig, synthetic: bool) -> ExperimentConfig:
+    """A tiny version of the experiment: small data, 2 epochs, the first 2 grid points."""
+    config = config.model_copy(deep=True)
+    if synthetic:
+        config.data.source = "synthetic"
+    config.data.train_subset, config.data.test_subset = 2000, 1000
+    config.data.val_size = min(config.data.val_size, 500)
+    config.trial.epochs = min(config.trial.epochs, 2)
+    grid = config.search.grid
+    first = next(iter(grid), None)
+    config.search.grid = {k: v[:2] if k == first else v[:1] for k, v in grid.items()}
+    return config

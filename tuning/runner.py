@@ -1,0 +1,75 @@
+"""Start (or join) Ray and run one Tuner over the experiment's search space."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import ray
+import torch
+from ray import tune
+
+from trainable.data import DataBundle
+from trainable.trainable import CifarTrainable
+from tuning.config import ExperimentConfig
+
+TUNE_FOLDER = "ray"  # Tune's experiment folder inside the run folder
+
+
+def start_ray(address: str | None, dashboard: bool) -> str | None:
+    """Join the cluster at `address` or RAY_ADDRESS, else start a local Ray; return dashboard."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        # An existing cluster has its own dashboard and resources: pass no local-only options.
+        context = ray.init(address=address)
+    else:
+        # 127.0.0.1: the dashboard has no authentication of its own.
+        context = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1")
+    url = context.dashboard_url
+    return f"http://{url}" if url and not url.startswith("http") else url
+
+
+def gpus_per_trial(config: ExperimentConfig) -> float:
+    value = config.resources.gpus_per_trial
+    if value == "auto":
+        # Several trials per GPU: the MLP leaves a whole GPU mostly idle.
+        return 0.25 if ray.cluster_resources().get("GPU", 0) and torch.cuda.is_available() else 0
+    return float(value)
+
+
+def param_space(config: ExperimentConfig) -> dict[str, Any]:
+    """The trial config with every searched field replaced by its Tune sampler."""
+    space: dict[str, Any] = config.trial.model_dump()
+    for key, values in config.search.grid.items():
+        space[key] = tune.grid_search(values)
+    return space
+
+
+def run_tuner(config: ExperimentConfig, data: DataBundle, run_dir: Path) -> tune.ResultGrid:
+    """Run every trial of the experiment; Tune's state lands in `run_dir / TUNE_FOLDER`."""
+    cpus = config.resources.cpus_per_trial
+    trainable = tune.with_resources(
+        # with_parameters puts the arrays in the object store once for all trials.
+        tune.with_parameters(CifarTrainable, data=data, threads=max(1, int(cpus))),
+        {"cpu": cpus, "gpu": gpus_per_trial(config)},
+    )
+    tuner = tune.Tuner(
+        trainable,
+        param_space=param_space(config),
+        tune_config=tune.TuneConfig(
+            metric=config.metric,
+            mode=config.mode,
+            reuse_actors=True,  # a new actor per trial costs a process start and a data fetch
+            trial_dirname_creator=lambda trial: trial.trial_id,
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_FOLDER,
+            storage_path=str(run_dir.resolve()),
+            checkpoint_config=tune.CheckpointConfig(
+                num_to_keep=2, checkpoint_frequency=1, checkpoint_at_end=True
+            ),
+            verbose=1,
+        ),
+    )
+    return tuner.fit()
