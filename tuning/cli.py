@@ -82,13 +82,19 @@ def main(default_config: str, argv: list[str] | None = None) -> int:
         f"{time.perf_counter() - start:.1f} s"
     )
 
-    from tuning.runner import run_tuner, start_ray  # Ray's import is slow: after input checks
+    # Ray's import is slow: after the input checks, so bad input is refused at once.
+    import ray
+
+    from tuning.runner import run_tuner, start_ray
 
     dashboard = start_ray(args.address, dashboard=not args.no_dashboard)
     if dashboard:
         print(f"Ray dashboard: {dashboard}")
     run_dir.mkdir(parents=True)
-    results = run_tuner(config, data, run_dir)
+    try:
+        results = run_tuner(config, data, run_dir)
+    finally:
+        ray.shutdown()  # now, not at interpreter exit, where Ray takes seconds longer
     epochs, trials = build_tables(results, config)
     write_run(run_dir, epochs, trials, config, run_metadata(config, data.fingerprint))
     print(f"\n{grid_table(trials)}\n\nresults: {run_dir}/ (epochs.parquet, trials.parquet)")
