@@ -69,3 +69,39 @@ def test_an_existing_run_is_not_overwritten(tmp_path):
     )
     assert proc.returncode == 2 and "already exists" in proc.stderr
     assert (tmp_path / "taken" / "trials.parquet").read_text() == "keep me"
+
+
+@pytest.mark.slow
+def test_optuna_smoke_writes_tables_study_and_summary(tmp_path):
+    proc = run_script(
+        "tuning/run_optuna.py",
+        "--smoke",
+        "--no-dashboard",
+        "--results-dir",
+        str(tmp_path),
+        "--name",
+        "smoke",
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    run = tmp_path / "smoke"
+    trials = pq.read_table(run / "trials.parquet")
+    assert trials.num_rows == 2 and pq.read_table(run / "epochs.parquet").num_rows >= 2
+    assert {"lr", "batch_size", "hidden", "weight_decay", "optimizer"} <= set(trials.column_names)
+    assert len([t for t in trials.column("test_acc").to_pylist() if t is not None]) == 1
+    assert (run / "study.db").exists()
+    assert "best trial" in proc.stdout and "epochs trained:" in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--set", "scheduler.grace_period=12"], "grace_period"),
+        (["--set", "search.space={}"], "needs a non-empty search.space"),
+        (["--set", "search.kind=grid"], "a grid uses search.grid"),
+        (["--set", "scheduler.kind=bohb"], "scheduler.kind"),
+    ],
+)
+def test_optuna_refuses_bad_combinations_before_starting(tmp_path, args, expected):
+    proc = run_script("tuning/run_optuna.py", "--results-dir", str(tmp_path), *args, timeout=120)
+    assert proc.returncode == 2 and expected in proc.stderr
+    assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []

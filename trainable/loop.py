@@ -122,6 +122,10 @@ class Training:
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        # The config wins over the saved optimiser: PBT restores a checkpoint into a trial
+        # whose lr and weight decay it has just changed.
+        for group in self.optimizer.param_groups:
+            group["lr"], group["weight_decay"] = self.config["lr"], self.config["weight_decay"]
         self.epoch = state["epoch"]
         self.shuffle.set_state(state["shuffle_rng"])
         torch.set_rng_state(state["torch_rng"])

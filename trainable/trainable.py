@@ -21,17 +21,39 @@ def choose_device() -> torch.device:
     return torch.device("cpu")
 
 
+def load_state(checkpoint_dir: str, device: torch.device) -> dict:
+    # weights_only: a checkpoint is data, never code to run.
+    path = os.path.join(checkpoint_dir, CHECKPOINT_FILE)
+    return torch.load(path, map_location=device, weights_only=True)
+
+
+def evaluate_checkpoint(
+    checkpoint: tune.Checkpoint, config: dict, data: DataBundle, split: str = "test"
+) -> dict[str, float]:
+    """Loss and accuracy on `split` of the model a trial saved in `checkpoint`."""
+    training = Training(config, data, torch.device("cpu"))
+    with checkpoint.as_directory() as checkpoint_dir:
+        training.load_state_dict(load_state(checkpoint_dir, training.device))
+    return training.evaluate(split)
+
+
 class CifarTrainable(tune.Trainable):
     """Trains one configuration, reporting the DESIGN.md metrics once per epoch.
 
-    Built with `tune.with_parameters(CifarTrainable, data=..., threads=...)`: the arrays reach
-    every trial from the object store, and the run settings stay out of `param_space`.
+    Built with `tune.with_parameters(CifarTrainable, data=..., threads=..., evaluate_test=...)`:
+    the arrays reach every trial from the object store, and run settings stay out of
+    `param_space`.
     """
 
-    def setup(self, config: dict, data: DataBundle, threads: int = 1) -> None:
+    def setup(
+        self, config: dict, data: DataBundle, threads: int = 1, evaluate_test: bool = True
+    ) -> None:
+        """`evaluate_test`: report test accuracy at the last epoch (a grid's table); a search
+        leaves the test set to judge only the configuration it chooses."""
         # One thread per CPU Ray gave the trial, or concurrent trials oversubscribe the cores.
         torch.set_num_threads(threads)
         self.data = data
+        self.evaluate_test = evaluate_test
         self.device = choose_device()
         self.training = Training(config, data, self.device)
 
@@ -43,7 +65,8 @@ class CifarTrainable(tune.Trainable):
         if len(self.data.val_y):
             metrics.update(self.training.evaluate("val"))
         if self.training.epoch >= self.config["epochs"]:
-            metrics.update(self.training.evaluate("test"))
+            if self.evaluate_test:
+                metrics.update(self.training.evaluate("test"))
             metrics["done"] = True
         return metrics
 
@@ -51,16 +74,10 @@ class CifarTrainable(tune.Trainable):
         torch.save(self.training.state_dict(), os.path.join(checkpoint_dir, CHECKPOINT_FILE))
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
-        # weights_only: a checkpoint is data, never code to run.
-        state = torch.load(
-            os.path.join(checkpoint_dir, CHECKPOINT_FILE),
-            map_location=self.device,
-            weights_only=True,
-        )
-        self.training.load_state_dict(state)
+        self.training.load_state_dict(load_state(checkpoint_dir, self.device))
 
     def reset_config(self, new_config: dict) -> bool:
-        """Reuse this actor for another trial (`reuse_actors`): a fresh model, same data."""
+        """Reuse this actor for another trial (`reuse_actors`, PBT): a fresh model, same data."""
         self.training = Training(new_config, self.data, self.device)
         return True
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shutil
 import sys
 import time
 from datetime import datetime
@@ -12,7 +13,7 @@ from pathlib import Path
 from trainable.data import DataError, load_dataset
 from tuning.config import ConfigError, ExperimentConfig, load_config, smoke
 from tuning.export import build_tables, run_metadata, write_run
-from tuning.summary import grid_table
+from tuning.summary import grid_table, search_summary
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -85,17 +86,36 @@ def main(default_config: str, argv: list[str] | None = None) -> int:
     # Ray's import is slow: after the input checks, so bad input is refused at once.
     import ray
 
-    from tuning.runner import run_tuner, start_ray
+    from tuning.runner import judge_best, run_tuner, start_ray
+    from tuning.search import build_plan
 
+    run_dir.mkdir(parents=True)
+    try:
+        plan = build_plan(config, run_dir)
+    except ConfigError as err:
+        shutil.rmtree(run_dir)  # just made, holds nothing of the user's
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    for note in plan.notes:
+        print(f"note: {note}")
     dashboard = start_ray(args.address, dashboard=not args.no_dashboard)
     if dashboard:
         print(f"Ray dashboard: {dashboard}")
-    run_dir.mkdir(parents=True)
     try:
-        results = run_tuner(config, data, run_dir)
+        results = run_tuner(config, data, run_dir, plan)
+        judged = judge_best(results, config, data) if config.search.kind != "grid" else None
     finally:
         ray.shutdown()  # now, not at interpreter exit, where Ray takes seconds longer
-    epochs, trials = build_tables(results, config)
+    best_id = Path(judged[0].path).name if judged else None
+    tests = {best_id: judged[1]} if judged and judged[1] is not None else {}
+    epochs, trials = build_tables(results, config, tests)
     write_run(run_dir, epochs, trials, config, run_metadata(config, data.fingerprint))
-    print(f"\n{grid_table(trials)}\n\nresults: {run_dir}/ (epochs.parquet, trials.parquet)")
+    if config.search.kind == "grid":
+        print(f"\n{grid_table(trials)}")
+    else:
+        best_value = judged[0].metrics.get(config.metric) if judged else None
+        print(
+            f"\n{search_summary(trials, best_id, best_value, config.trial.epochs, config.metric)}"
+        )
+    print(f"\nresults: {run_dir}/ (epochs.parquet, trials.parquet)")
     return 1 if "error" in trials.column("status").to_pylist() else 0

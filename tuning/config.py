@@ -47,22 +47,97 @@ class TrialConfig(Strict):
     seed: int = 0
 
 
+class Distribution(Strict):
+    """One search dimension, written as `{kind: [arguments]}`; ranges include both ends."""
+
+    loguniform: tuple[float, float] | None = None
+    uniform: tuple[float, float] | None = None
+    quniform: tuple[float, float, float] | None = None  # low, high, step
+    randint: tuple[int, int] | None = None
+    choice: list[Any] | None = None
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> Distribution:
+        given = [k for k, v in self if v is not None]
+        if len(given) != 1:
+            kinds = ", ".join(type(self).model_fields)
+            raise ValueError(f"give exactly one of {kinds}, e.g. {{loguniform: [1e-4, 1e-2]}}")
+        kind, args = given[0], getattr(self, given[0])
+        if kind == "choice" and not args:
+            raise ValueError("choice needs at least one value")
+        if kind != "choice" and not args[0] < args[1]:
+            raise ValueError(f"{kind} needs low < high (got {list(args)})")
+        if kind == "loguniform" and args[0] <= 0:
+            raise ValueError("loguniform needs low > 0")
+        return self
+
+    @property
+    def kind(self) -> str:
+        return next(k for k, v in self if v is not None)
+
+    @property
+    def args(self) -> Any:
+        return getattr(self, self.kind)
+
+    def nearest(self, value: Any) -> Any:
+        """`value` if the distribution can draw it, else the closest value it can."""
+        if self.kind == "choice":
+            return value if value in self.args else self.args[0]
+        return min(max(value, self.args[0]), self.args[1])
+
+    def values(self) -> list[Any]:
+        """The values a trial field must accept: the choices, or a range's ends."""
+        return list(self.args) if self.kind == "choice" else list(self.args[:2])
+
+
 class SearchConfig(Strict):
-    kind: Literal["grid"] = "grid"
-    grid: dict[str, list[Any]] = Field(default_factory=dict)  # trial field → values to cross
+    kind: Literal["grid", "optuna", "random"] = "grid"
+    grid: dict[str, list[Any]] = Field(default_factory=dict)  # kind grid: field → values to cross
+    space: dict[str, Distribution] = Field(default_factory=dict)  # optuna / random: field → dist
+    num_samples: int = Field(20, ge=1)  # trials to draw (optuna, random)
+    max_concurrent: int | None = Field(None, ge=1)  # None: as many as the resources allow
+    time_budget_s: float | None = Field(None, gt=0)  # stop starting/continuing trials after this
+    seed: int = 0  # the sampler's seed: the same seed proposes the same configurations
+    evaluate_trial_first: bool = True  # first try the `trial` section's point (the original's)
 
     @field_validator("grid")
     @classmethod
     def _grid_values(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
         coerced = {}
         for key, values in grid.items():
-            if key not in TrialConfig.model_fields:
-                known = ", ".join(TrialConfig.model_fields)
-                raise ValueError(f"'{key}' is not a trial parameter (known: {known})")
+            _check_trial_key(key)
             if not values:
                 raise ValueError(f"grid for '{key}' is an empty list; give at least one value")
             coerced[key] = [_trial_value(key, value) for value in values]
         return coerced
+
+    @field_validator("space")
+    @classmethod
+    def _space_values(cls, space: dict[str, Distribution]) -> dict[str, Distribution]:
+        for key, dist in space.items():
+            _check_trial_key(key)
+            for value in dist.values():
+                _trial_value(key, value)
+        return space
+
+    @model_validator(mode="after")
+    def _kind_matches(self) -> SearchConfig:
+        if self.kind == "grid" and self.space:
+            raise ValueError("search.space is for kind optuna or random; a grid uses search.grid")
+        if self.kind != "grid" and self.grid:
+            raise ValueError(f"search.grid is for kind grid; kind {self.kind} uses search.space")
+        if self.kind != "grid" and not self.space:
+            raise ValueError(
+                f"search kind {self.kind} needs a non-empty search.space, "
+                "e.g. space: {lr: {loguniform: [1e-4, 1e-2]}}"
+            )
+        return self
+
+
+def _check_trial_key(key: str) -> None:
+    if key not in TrialConfig.model_fields:
+        known = ", ".join(TrialConfig.model_fields)
+        raise ValueError(f"'{key}' is not a trial parameter (known: {known})")
 
 
 def _trial_value(key: str, value: Any) -> Any:
@@ -70,7 +145,18 @@ def _trial_value(key: str, value: Any) -> Any:
     try:
         return getattr(TrialConfig.model_validate({key: value}), key)
     except ValidationError as err:
-        raise ValueError(f"grid value {value!r} for '{key}': {err.errors()[0]['msg']}") from None
+        raise ValueError(f"value {value!r} for '{key}': {err.errors()[0]['msg']}") from None
+
+
+class SchedulerConfig(Strict):
+    """Early stopping, in epochs; `max_t` is always the trial's `epochs`."""
+
+    kind: Literal["asha", "median", "hyperband", "pbt", "fifo"] | None = None  # None: see below
+    grace_period: int = Field(1, ge=1)  # epochs every trial gets before it can be stopped
+    reduction_factor: float = Field(3, gt=1)  # asha, hyperband: keep 1/factor at each rung
+    min_samples_required: int = Field(3, ge=1)  # median: trials needed to compare against
+    perturbation_interval: int = Field(1, ge=1)  # pbt: epochs between exploit/explore steps
+    quantile_fraction: float = Field(0.25, gt=0, le=0.5)  # pbt: bottom part copies the top
 
 
 class ResourcesConfig(Strict):
@@ -95,14 +181,24 @@ class ExperimentConfig(Strict):
     data: DataConfig = Field(default_factory=DataConfig)
     trial: TrialConfig = Field(default_factory=TrialConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
 
     @model_validator(mode="after")
-    def _metric_has_data(self) -> ExperimentConfig:
+    def _consistent(self) -> ExperimentConfig:
         if self.metric.startswith("val_") and self.data.val_size == 0:
             raise ValueError(
                 f"metric '{self.metric}' needs a validation split but data.val_size is 0; "
                 "set data.val_size > 0 or choose metric train_acc / train_loss"
+            )
+        if self.scheduler.kind is None:
+            # A grid compares every point in full; a search stops weak trials (ASHA).
+            self.scheduler.kind = "fifo" if self.search.kind == "grid" else "asha"
+        epochs = max([self.trial.epochs, *self.search.grid.get("epochs", [])])
+        if self.scheduler.kind != "fifo" and self.scheduler.grace_period >= epochs:
+            raise ValueError(
+                f"scheduler.grace_period ({self.scheduler.grace_period}) must be below "
+                f"trial.epochs ({epochs}), or no trial can be stopped early"
             )
         return self
 
@@ -180,7 +276,7 @@ def _describe(err: ValidationError) -> str:
 
 
 def smoke(config: ExperimentConfig, synthetic: bool) -> ExperimentConfig:
-    """A tiny version of the experiment: small data, 2 epochs, the first 2 grid points."""
+    """A tiny version of the experiment: small data, 2 epochs, 2 trials."""
     config = config.model_copy(deep=True)
     if synthetic:
         config.data.source = "synthetic"
@@ -190,4 +286,7 @@ def smoke(config: ExperimentConfig, synthetic: bool) -> ExperimentConfig:
     grid = config.search.grid
     first = next(iter(grid), None)
     config.search.grid = {k: v[:2] if k == first else v[:1] for k, v in grid.items()}
+    config.search.num_samples = min(config.search.num_samples, 2)
+    config.search.time_budget_s = None
+    config.scheduler.grace_period = 1
     return config

@@ -57,18 +57,25 @@ def trial_status(result: tune.Result, epochs: list[dict], planned: int) -> str:
     return "completed" if len(epochs) >= planned else "early_stopped"
 
 
-def build_tables(results: tune.ResultGrid, config: ExperimentConfig) -> tuple[pa.Table, pa.Table]:
-    """The epoch and trial tables, every hyperparameter in a column of its own."""
+def build_tables(
+    results: tune.ResultGrid, config: ExperimentConfig, judged: dict[str, float] | None = None
+) -> tuple[pa.Table, pa.Table]:
+    """The epoch and trial tables, every hyperparameter in a column of its own.
+
+    `judged` maps trial ids to the test accuracy the driver measured on their last checkpoint.
+    """
     params = list(config.trial.model_dump())
+    judged = judged or {}
     epoch_rows, trial_rows = [], []
     for result in results:
         epochs = trial_epochs(result)
         trial_id = Path(result.path).name
         hyper = {key: result.config.get(key) for key in params}
         for row in epochs:
-            epoch_rows.append(
-                {"trial_id": trial_id, **{k: row.get(k) for k in list(EPOCH_FIELDS)[1:]}, **hyper}
-            )
+            # Each report carries the config it ran with: PBT changes lr between epochs.
+            at_epoch = {key: row.get("config", result.config).get(key) for key in params}
+            metrics = {k: row.get(k) for k in list(EPOCH_FIELDS)[1:]}
+            epoch_rows.append({"trial_id": trial_id, **metrics, **at_epoch})
         val_accs = [row["val_acc"] for row in epochs if row.get("val_acc") is not None]
         trial_rows.append(
             {
@@ -78,7 +85,7 @@ def build_tables(results: tune.ResultGrid, config: ExperimentConfig) -> tuple[pa
                 "epochs_completed": len(epochs),
                 "best_val_acc": max(val_accs, default=None),
                 "final_val_acc": val_accs[-1] if val_accs else None,
-                "test_acc": epochs[-1].get("test_acc") if epochs else None,
+                "test_acc": judged.get(trial_id, epochs[-1].get("test_acc") if epochs else None),
                 "train_time_s": sum(row.get("epoch_time_s", 0.0) for row in epochs),
             }
         )

@@ -4,15 +4,15 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
 
 import ray
 import torch
 from ray import tune
 
 from trainable.data import DataBundle
-from trainable.trainable import CifarTrainable
+from trainable.trainable import CifarTrainable, evaluate_checkpoint
 from tuning.config import ExperimentConfig
+from tuning.search import SearchPlan
 
 TUNE_FOLDER = "ray"  # Tune's experiment folder inside the run folder
 
@@ -38,31 +38,34 @@ def gpus_per_trial(config: ExperimentConfig) -> float:
     return float(value)
 
 
-def param_space(config: ExperimentConfig) -> dict[str, Any]:
-    """The trial config with every searched field replaced by its Tune sampler."""
-    space: dict[str, Any] = config.trial.model_dump()
-    for key, values in config.search.grid.items():
-        space[key] = tune.grid_search(values)
-    return space
-
-
-def run_tuner(config: ExperimentConfig, data: DataBundle, run_dir: Path) -> tune.ResultGrid:
-    """Run every trial of the experiment; Tune's state lands in `run_dir / TUNE_FOLDER`."""
+def run_tuner(
+    config: ExperimentConfig, data: DataBundle, run_dir: Path, plan: SearchPlan
+) -> tune.ResultGrid:
+    """Run every trial of the plan; Tune's state lands in `run_dir / TUNE_FOLDER`."""
     # num_to_keep forces an experiment-state snapshot after each pruned checkpoint; locally that
     # costs ~10 ms, so Tune's warning about it is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     cpus = config.resources.cpus_per_trial
     trainable = tune.with_resources(
         # with_parameters puts the arrays in the object store once for all trials.
-        tune.with_parameters(CifarTrainable, data=data, threads=max(1, int(cpus))),
+        tune.with_parameters(
+            CifarTrainable,
+            data=data,
+            threads=max(1, int(cpus)),
+            evaluate_test=config.search.kind == "grid",
+        ),
         {"cpu": cpus, "gpu": gpus_per_trial(config)},
     )
     tuner = tune.Tuner(
         trainable,
-        param_space=param_space(config),
+        param_space=plan.param_space,
         tune_config=tune.TuneConfig(
             metric=config.metric,
             mode=config.mode,
+            search_alg=plan.search_alg,
+            scheduler=plan.scheduler,
+            num_samples=plan.num_samples,
+            time_budget_s=config.search.time_budget_s,
             reuse_actors=True,  # a new actor per trial costs a process start and a data fetch
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
@@ -70,9 +73,26 @@ def run_tuner(config: ExperimentConfig, data: DataBundle, run_dir: Path) -> tune
             name=TUNE_FOLDER,
             storage_path=str(run_dir.resolve()),
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=2, checkpoint_frequency=1, checkpoint_at_end=True
+                # PBT copies other trials' checkpoints: keep a few more for it to exploit.
+                num_to_keep=4 if config.scheduler.kind == "pbt" else 2,
+                checkpoint_frequency=1,
+                checkpoint_at_end=True,
             ),
             verbose=1,
         ),
     )
     return tuner.fit()
+
+
+def judge_best(
+    results: tune.ResultGrid, config: ExperimentConfig, data: DataBundle
+) -> tuple[tune.Result, float | None] | None:
+    """The best trial by the configured metric at its last epoch, and its last checkpoint's
+    test accuracy: the one time a search's choice meets the test set."""
+    try:
+        best = results.get_best_result(scope="last", filter_nan_and_inf=True)
+    except RuntimeError:  # no trial reported the metric
+        return None
+    if best.checkpoint is None:
+        return best, None
+    return best, evaluate_checkpoint(best.checkpoint, best.config, data)["test_acc"]

@@ -6,6 +6,10 @@ import statistics
 
 import pyarrow as pa
 
+from tuning.export import TRIAL_FIELDS
+
+TRIAL_COLUMNS = set(TRIAL_FIELDS)
+
 # The original experiment's test accuracy after 5 epochs (DESIGN.md).
 ORIGINAL_TEST_ACC = {0.001: 0.4363, 0.0001: 0.4169, 0.01: 0.1000}
 
@@ -36,3 +40,35 @@ def grid_table(trials: pa.Table) -> str:
     statuses = sorted({row["status"] for row in rows})
     counts = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in statuses)
     return "\n".join(lines) + f"\n\ntrials: {counts}"
+
+
+def search_summary(
+    trials: pa.Table, best_id: str | None, best_value: float | None, max_epochs: int, metric: str
+) -> str:
+    """The chosen configuration, its scores, and what early stopping saved."""
+    rows = trials.to_pylist()
+    lines = []
+    best = next((row for row in rows if row["trial_id"] == best_id), None)
+    if best is None:
+        lines.append("no trial reported the metric: nothing to choose")
+    else:
+        params = [c for c in trials.column_names if c not in TRIAL_COLUMNS]
+        chosen = ", ".join(
+            f"{p}={best[p]:.3g}" if isinstance(best[p], float) else f"{p}={best[p]}" for p in params
+        )
+        test = "—" if best["test_acc"] is None else f"{best['test_acc']:.4f}"
+        lines += [
+            f"best trial {best_id} (by {metric}): {chosen}",
+            f"  {metric} {best_value:.4f} after {best['epochs_completed']} epochs, "
+            f"test acc {test} (its last checkpoint, evaluated once)",
+        ]
+    statuses = ("completed", "early_stopped", "diverged", "error")
+    counts = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in statuses)
+    trained = sum(row["epochs_completed"] for row in rows)
+    budget = len(rows) * max_epochs
+    saved = f"{1 - trained / budget:.0%} saved" if budget else ""
+    lines += [
+        f"trials: {len(rows)} ({counts})",
+        f"epochs trained: {trained} of {budget} without early stopping ({saved})",
+    ]
+    return "\n".join(lines)

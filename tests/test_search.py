@@ -1,0 +1,144 @@
+"""Searchers and schedulers: built from config, run for real on tiny synthetic data."""
+
+import optuna
+import pytest
+from ray import tune
+
+from trainable.data import load_dataset
+from tuning.config import Distribution, ExperimentConfig
+from tuning.export import build_tables
+from tuning.runner import judge_best, run_tuner
+from tuning.search import STUDY_FILE, build_plan, to_tune
+
+TINY_DATA = {"source": "synthetic", "train_subset": 600, "val_size": 200, "test_subset": 200}
+
+
+def tiny(**sections) -> ExperimentConfig:
+    raw = {"data": TINY_DATA, "trial": {"hidden": 8, "epochs": 3, "batch_size": 100}}
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value}
+    return ExperimentConfig.model_validate(raw)
+
+
+@pytest.fixture(scope="module")
+def data():
+    return load_dataset(tiny().data.spec())
+
+
+def run(config, data, tmp_path):
+    plan = build_plan(config, tmp_path)
+    return plan, run_tuner(config, data, tmp_path, plan)
+
+
+SPACE = {"lr": {"loguniform": [1e-4, 1e-2]}, "batch_size": {"choice": [50, 100]}}
+
+
+@pytest.mark.parametrize("kind", ["asha", "median", "hyperband", "pbt", "fifo"])
+def test_every_scheduler_runs_a_tiny_search(ray_session, data, tmp_path, kind):
+    config = tiny(
+        search={"kind": "optuna", "space": SPACE, "num_samples": 3, "max_concurrent": 2},
+        scheduler={"kind": kind, "min_samples_required": 2},
+    )
+    plan, results = run(config, data, tmp_path)
+    assert (
+        type(plan.scheduler).__name__
+        == {
+            "asha": "AsyncHyperBandScheduler",
+            "median": "MedianStoppingRule",
+            "hyperband": "HyperBandScheduler",
+            "pbt": "PopulationBasedTraining",
+            "fifo": "FIFOScheduler",
+        }[kind]
+    )
+    assert len(results) == 3 and not results.errors
+    epochs, trials = build_tables(results, config)
+    assert epochs.num_rows == sum(trials.column("epochs_completed").to_pylist())
+    if kind == "pbt":
+        assert any("random search" in note for note in plan.notes)
+        assert not (tmp_path / STUDY_FILE).exists()
+    else:
+        assert (tmp_path / STUDY_FILE).exists()
+
+
+def test_asha_stops_hopeless_trials_early(ray_session, data, tmp_path):
+    # One good learning rate first, then three that cannot learn in 4 epochs; one at a time,
+    # so each hopeless trial meets the good one's score at the first rung.
+    config = tiny(
+        trial={"epochs": 4},
+        search={"grid": {"lr": [3e-3, 1e-7, 1e-7 * 1.01, 1e-7 * 1.02]}, "max_concurrent": 1},
+        scheduler={"kind": "asha", "grace_period": 1, "reduction_factor": 2},
+    )
+    _, results = run(config, data, tmp_path)
+    _, trials = build_tables(results, config)
+    by_lr = {row["lr"]: row for row in trials.to_pylist()}
+    assert by_lr[3e-3]["status"] == "completed" and by_lr[3e-3]["epochs_completed"] == 4
+    hopeless = [row for lr, row in by_lr.items() if lr < 1e-6]
+    assert [row["status"] for row in hopeless] == ["early_stopped"] * 3
+    assert all(row["epochs_completed"] < 4 for row in hopeless)
+
+
+def study_params(path):
+    study = optuna.load_study(study_name="experiment", storage=f"sqlite:///{path}")
+    return study, [t.params for t in sorted(study.trials, key=lambda t: t.number)]
+
+
+def test_same_seed_same_proposals_and_the_study_is_stored(ray_session, data, tmp_path):
+    config = tiny(
+        trial={"epochs": 1},
+        search={"kind": "optuna", "space": SPACE, "num_samples": 4, "max_concurrent": 1, "seed": 7},
+        scheduler={"kind": "fifo"},
+    )
+    proposals = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        _, results = run(config, data, tmp_path / name)
+        study, params = study_params(tmp_path / name / STUDY_FILE)
+        assert len(study.trials) == len(results) == 4  # one Optuna trial per Tune trial
+        assert all(t.state == optuna.trial.TrialState.COMPLETE for t in study.trials)
+        proposals.append(params)
+    assert proposals[0] == proposals[1]
+    assert proposals[0][0] == {"lr": 1e-3, "batch_size": 100}  # the trial section's point first
+    assert len({p["lr"] for p in proposals[0]}) == 4
+
+
+def test_the_best_trial_is_judged_once_on_test(ray_session, data, tmp_path):
+    config = tiny(
+        search={"kind": "random", "space": SPACE, "num_samples": 2},
+        scheduler={"kind": "fifo"},
+    )
+    _, results = run(config, data, tmp_path)
+    for result in results:  # a search leaves the test set alone
+        assert "test_acc" not in result.metrics
+    best, test_acc = judge_best(results, config, data)
+    assert best.metrics["val_acc"] == max(r.metrics["val_acc"] for r in results)
+    assert 0.1 < test_acc <= 1
+    _, trials = build_tables(results, config, {best.path.split("/")[-1]: test_acc})
+    assert sorted(trials.column("test_acc").to_pylist(), key=str) == [test_acc, None]
+
+
+def test_distributions_translate_with_inclusive_ranges():
+    dice = to_tune(Distribution(randint=(1, 3)))
+    assert {dice.sample() for _ in range(200)} == {1, 2, 3}
+    assert isinstance(to_tune(Distribution(loguniform=(1e-4, 1e-2))), tune.search.sample.Float)
+    assert Distribution(loguniform=(1e-6, 1e-2)).nearest(0.0) == 1e-6
+    assert Distribution(choice=["sgd", "adam"]).nearest("adamw") == "sgd"
+
+
+@pytest.mark.parametrize(
+    "sections, expected",
+    [
+        ({"search": {"kind": "optuna"}}, "needs a non-empty search.space"),
+        ({"search": {"kind": "optuna", "space": {"lr": {"loguniform": [0, 1]}}}}, "low > 0"),
+        ({"search": {"kind": "optuna", "space": {"lr": {"uniform": [2, 1]}}}}, "low < high"),
+        ({"search": {"kind": "optuna", "space": {"lr": {"choice": []}}}}, "at least one"),
+        ({"search": {"kind": "optuna", "space": {"lr": {}}}}, "exactly one of"),
+        ({"search": {"kind": "optuna", "space": {"hidden": {"randint": [0, 4]}}}}, "hidden"),
+        ({"search": {"kind": "random", "space": {"nope": {"choice": [1]}}}}, "not a trial"),
+        ({"search": {"kind": "grid", "space": SPACE}}, "a grid uses search.grid"),
+        ({"scheduler": {"kind": "asha", "grace_period": 3}}, "grace_period"),
+        ({"scheduler": {"kind": "asha", "reduction_factor": 1}}, "reduction_factor"),
+    ],
+)
+def test_bad_search_configs_are_refused(sections, expected):
+    with pytest.raises(ValueError, match=expected):
+        tiny(**sections)
