@@ -1,12 +1,18 @@
 """The entry scripts as a user runs them, each in a process of its own."""
 
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import run_script
+from tests.conftest import REPO, run_script
 from tuning.export import EPOCH_FIELDS, TRIAL_FIELDS
 
 
@@ -105,3 +111,105 @@ def test_optuna_refuses_bad_combinations_before_starting(tmp_path, args, expecte
     proc = run_script("tuning/run_optuna.py", "--results-dir", str(tmp_path), *args, timeout=120)
     assert proc.returncode == 2 and expected in proc.stderr
     assert "Traceback" not in proc.stderr and list(tmp_path.iterdir()) == []
+
+
+def start_script(script: str, *args: str) -> subprocess.Popen:
+    drop = ("RAY_ADDRESS", "TUNE_DISABLE_AUTO_INIT")
+    env = {k: v for k, v in os.environ.items() if k not in drop}
+    return subprocess.Popen(
+        [sys.executable, str(REPO / script), *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+        cwd=REPO,
+        start_new_session=True,  # its own process group: the test can kill it and its Ray
+    )
+
+
+def wait_for(condition, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the run to progress"
+        time.sleep(0.5)
+
+
+def finished_trials(run: Path) -> list[Path]:
+    """Trial folders whose result.json holds the last epoch (5)."""
+    return [
+        log.parent
+        for log in run.glob("ray/*/result.json")
+        if any(json.loads(line).get("epoch") == 5 for line in log.read_text().splitlines())
+    ]
+
+
+# Three trials of 5 epochs, one at a time, slow enough (~1 s an epoch) to be killed mid-run.
+SLOW_GRID = [
+    "--smoke",
+    "--no-dashboard",
+    "--set",
+    "search.grid.lr=[0.001, 0.002, 0.003]",
+    "--set",
+    "trial.hidden=1024",
+    "--set",
+    "data.train_subset=4000",
+    "--set",
+    "search.max_concurrent=1",
+]
+
+
+@pytest.mark.slow
+def test_a_killed_run_resumes_without_rerunning_finished_trials(tmp_path):
+    args = [*SLOW_GRID, "--results-dir", str(tmp_path), "--name", "r"]
+    run = tmp_path / "r"
+    proc = start_script("tuning/run_grid.py", *args, "--set", "trial.epochs=5")
+    try:
+        wait_for(lambda: len(finished_trials(run)) >= 1 and len(list(run.glob("ray/*"))) >= 2)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, no goodbye
+        proc.wait()
+    done = {p.name: (p / "result.json").read_text() for p in finished_trials(run)}
+
+    again = run_script("tuning/run_grid.py", "--results-dir", str(tmp_path), "--name", "r")
+    assert again.returncode == 2 and "--resume" in again.stderr  # never overwrites a run
+
+    resumed = run_script(
+        "tuning/run_grid.py",
+        "--results-dir",
+        str(tmp_path),
+        "--name",
+        "r",
+        "--resume",
+        "--no-dashboard",
+    )
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    trials = pq.read_table(run / "trials.parquet").to_pylist()
+    assert [t["status"] for t in trials] == ["completed"] * 3
+    epochs = pq.read_table(run / "epochs.parquet")
+    for trial in trials:
+        mine = [e["epoch"] for e in epochs.to_pylist() if e["trial_id"] == trial["trial_id"]]
+        assert mine == [1, 2, 3, 4, 5]
+    for trial_id, log in done.items():  # finished before the kill: not trained again
+        assert (run / "ray" / trial_id / "result.json").read_text() == log
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_gracefully_and_exports_what_ran(tmp_path):
+    run = tmp_path / "c"
+    proc = start_script(
+        "tuning/run_grid.py",
+        *SLOW_GRID,
+        "--set",
+        "trial.epochs=5",
+        "--results-dir",
+        str(tmp_path),
+        "--name",
+        "c",
+    )
+    wait_for(lambda: len(finished_trials(run)) >= 1)
+    os.kill(proc.pid, signal.SIGINT)
+    out, _ = proc.communicate(timeout=120)
+    trials = pq.read_table(run / "trials.parquet").to_pylist()
+    assert 1 <= len(trials) <= 3, out[-2000:]
+    assert "completed" in [t["status"] for t in trials]
+    assert pq.read_table(run / "epochs.parquet").num_rows >= 5

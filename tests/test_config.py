@@ -2,7 +2,7 @@ from pathlib import Path
 
 import pytest
 
-from tuning.config import ConfigError, ExperimentConfig, load_config, smoke
+from tuning.config import ConfigError, ExperimentConfig, load_config, smoke_overrides
 
 CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"))
 
@@ -92,8 +92,11 @@ def test_grid_values_are_coerced_like_the_trial_field(tmp_path):
     assert all(isinstance(v, float) for v in config.search.grid["lr"])
 
 
-def test_smoke_keeps_two_trials_and_two_epochs():
-    config = smoke(load_config(CONFIGS[0].parent / "grid.yaml"), synthetic=True)
+def test_smoke_keeps_two_trials_and_two_epochs_and_yields_to_set():
+    path = CONFIGS[0].parent / "grid.yaml"
+    items = smoke_overrides(load_config(path), synthetic=True)
+    config = load_config(path, items)
     assert config.search.grid == {"lr": [0.001, 0.0001], "seed": [0]}
     assert config.trial.epochs == 2
     assert config.data.source == "synthetic"
+    assert load_config(path, [*items, "trial.epochs=4"]).trial.epochs == 4

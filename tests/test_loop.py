@@ -6,18 +6,9 @@ import torch
 from trainable.data import DataSpec, load_dataset
 from trainable.loop import Training
 from trainable.models import build_model
+from tuning.config import TrialConfig
 
-CONFIG = dict(
-    model="mlp",
-    hidden=32,
-    optimizer="adam",
-    lr=1e-3,
-    batch_size=64,
-    epochs=3,
-    weight_decay=0.0,
-    normalize="channel",
-    seed=0,
-)
+CONFIG = TrialConfig(hidden=32, epochs=3).model_dump()
 
 
 @pytest.fixture(scope="module")
@@ -87,3 +78,31 @@ def test_divergence_is_flagged(data):
     with torch.no_grad():
         training.model[1].weight.fill_(float("nan"))
     assert training.train_epoch()["diverged"]
+
+
+def test_cosine_schedule_runs_from_lr_to_zero(data):
+    training = Training({**CONFIG, "schedule": "cosine", "lr": 0.01}, data, torch.device("cpu"))
+    lrs = []
+    for progress in (0, 1.5, 3):
+        training.set_lr(progress)
+        lrs.append(training.optimizer.param_groups[0]["lr"])
+    assert lrs[0] == 0.01 and lrs[1] == pytest.approx(0.005) and lrs[2] == pytest.approx(0)
+    training.train_epoch()
+    assert 0.0075 < training.optimizer.param_groups[0]["lr"] < 0.01  # stepped within the epoch
+
+
+def test_constant_schedule_keeps_lr(data):
+    training = Training({**CONFIG, "lr": 0.01}, data, torch.device("cpu"))
+    training.train_epoch()
+    assert training.optimizer.param_groups[0]["lr"] == 0.01
+
+
+def test_divergence_stops_the_epoch_early(data):
+    config = {**CONFIG, "optimizer": "sgd", "lr": 1e8, "batch_size": 10}
+    training = Training(config, data, torch.device("cpu"))
+    steps = []
+    step = training.optimizer.step
+    training.optimizer.step = lambda: steps.append(step())
+    metrics = training.train_epoch()
+    assert metrics["diverged"]
+    assert len(steps) < len(data.train_y) // 10  # stopped well before the epoch's end

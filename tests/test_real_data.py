@@ -8,6 +8,7 @@ import torch
 
 from trainable.data import DataSpec, load_dataset
 from trainable.loop import Training
+from tuning.config import TrialConfig
 
 ARCHIVE = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10-jpg.tar.gz"
 PER_CLASS = {"train": 150, "test": 40}
@@ -37,17 +38,7 @@ def test_real_cifar_slice_loads_and_trains(cifar_slice, tmp_path):
     assert data.train_x.shape == (1300, 3, 32, 32) and data.test_x.shape == (400, 3, 32, 32)
     # CIFAR-10's published channel means are about 0.49, 0.48, 0.45.
     assert all(abs(m - e) < 0.05 for m, e in zip(data.mean, (0.49, 0.48, 0.45), strict=True))
-    config = dict(
-        model="mlp",
-        hidden=128,
-        optimizer="adam",
-        lr=1e-3,
-        batch_size=64,
-        epochs=4,
-        weight_decay=0.0,
-        normalize="channel",
-        seed=0,
-    )
+    config = TrialConfig(epochs=4).model_dump()
     training = Training(config, data, torch.device("cpu"))
     for _ in range(4):
         training.train_epoch()

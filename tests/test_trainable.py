@@ -6,22 +6,24 @@ from pathlib import Path
 import pytest
 
 from trainable.data import load_dataset
-from tuning.config import ExperimentConfig, smoke
+from tuning.config import ExperimentConfig
 from tuning.export import EPOCH_FIELDS, TRIAL_FIELDS, build_tables
-from tuning.runner import param_space, run_tuner
+from tuning.runner import run_tuner
+from tuning.search import build_plan, param_space
 
 
 @pytest.fixture(scope="module")
 def grid_run(ray_session, tmp_path_factory):
-    config = smoke(
-        ExperimentConfig.model_validate(
-            {"trial": {"epochs": 3, "hidden": 16}, "search": {"grid": {"lr": [1e-3, 1e-4]}}}
-        ),
-        synthetic=True,
+    config = ExperimentConfig.model_validate(
+        {
+            "data": {"source": "synthetic", "train_subset": 2000, "val_size": 500},
+            "trial": {"epochs": 3, "hidden": 16},
+            "search": {"grid": {"lr": [1e-3, 1e-4]}},
+        }
     )
-    config.trial.epochs = 3
     run_dir = tmp_path_factory.mktemp("run")
-    results = run_tuner(config, load_dataset(config.data.spec()), run_dir)
+    data = load_dataset(config.data.spec())
+    results = run_tuner(config, data, run_dir, build_plan(config, run_dir))
     return config, run_dir, results
 
 

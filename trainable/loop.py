@@ -13,6 +13,7 @@ from trainable.data import DataBundle
 from trainable.models import build_model
 
 EVAL_BATCH = 4096  # evaluation needs no gradients: large batches cost fewer dispatches
+DIVERGENCE_CHECK = 50  # steps between looks at the running loss: a host sync each time
 
 
 def as_tensor(array, device: torch.device) -> torch.Tensor:
@@ -70,11 +71,16 @@ class Training:
         images, labels = self.train
         batch_size = self.config["batch_size"]
         order = torch.randperm(len(labels), generator=self.shuffle).to(self.device)
+        batches = order.split(batch_size)
         self.model.train()
-        # Sums stay on the device: one host sync per epoch, not one per step.
+        # Sums stay on the device: a host sync every DIVERGENCE_CHECK steps, not every step.
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
-        for batch in order.split(batch_size):
+        seen = 0
+        for step, batch in enumerate(batches):
+            if step % DIVERGENCE_CHECK == 0 and not torch.isfinite(loss_sum):
+                break  # a non-finite loss does not come back: stop the epoch now
+            self.set_lr(self.epoch + step / len(batches))
             x, y = self.normalise(images[batch]), labels[batch]
             logits = self.model(x)
             loss = F.cross_entropy(logits, y)
@@ -83,15 +89,25 @@ class Training:
             self.optimizer.step()
             loss_sum += loss.detach() * len(batch)
             correct += (logits.argmax(1) == y).sum()
+            seen += len(batch)
         self.epoch += 1
-        train_loss = loss_sum.item() / len(labels)
+        train_loss = loss_sum.item() / seen
         return {
             "epoch": self.epoch,
             "train_loss": train_loss,
-            "train_acc": correct.item() / len(labels),
+            "train_acc": correct.item() / seen,
             "epoch_time_s": time.perf_counter() - start,
             "diverged": not math.isfinite(train_loss),
         }
+
+    def set_lr(self, progress: float) -> None:
+        """The learning rate at `progress` epochs into the run, as the schedule says."""
+        lr = self.config["lr"]
+        if self.config["schedule"] == "cosine":
+            # From lr down to 0 over the whole run, stepped every batch.
+            lr *= 0.5 * (1 + math.cos(math.pi * progress / self.config["epochs"]))
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
 
     @torch.inference_mode()
     def evaluate(self, split: str) -> dict[str, float]:
@@ -125,7 +141,8 @@ class Training:
         # The config wins over the saved optimiser: PBT restores a checkpoint into a trial
         # whose lr and weight decay it has just changed.
         for group in self.optimizer.param_groups:
-            group["lr"], group["weight_decay"] = self.config["lr"], self.config["weight_decay"]
+            group["weight_decay"] = self.config["weight_decay"]
+        self.set_lr(self.epoch)
         self.epoch = state["epoch"]
         self.shuffle.set_state(state["shuffle_rng"])
         torch.set_rng_state(state["torch_rng"])

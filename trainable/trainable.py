@@ -59,12 +59,13 @@ class CifarTrainable(tune.Trainable):
 
     def step(self) -> dict:
         metrics = self.training.train_epoch()
-        if metrics["diverged"]:
-            # A non-finite loss cannot recover: stop now rather than train on NaNs.
-            return {**metrics, "done": True}
         if len(self.data.val_y):
+            # Even after divergence: schedulers and searchers need the metric in every result.
             metrics.update(self.training.evaluate("val"))
-        if self.training.epoch >= self.config["epochs"]:
+        if metrics["diverged"]:
+            # A non-finite loss cannot recover: end the trial rather than train on NaNs.
+            metrics["done"] = True
+        elif self.training.epoch >= self.config["epochs"]:
             if self.evaluate_test:
                 metrics.update(self.training.evaluate("test"))
             metrics["done"] = True

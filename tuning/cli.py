@@ -10,17 +10,24 @@ import time
 from datetime import datetime
 from pathlib import Path
 
-from trainable.data import DataError, load_dataset
-from tuning.config import ConfigError, ExperimentConfig, load_config, smoke
-from tuning.export import build_tables, run_metadata, write_run
+from trainable.data import DataBundle, DataError, load_dataset
+from tuning.config import ConfigError, ExperimentConfig, load_config, smoke_overrides
+from tuning.export import build_tables, run_metadata, write_config, write_run
 from tuning.summary import grid_table, search_summary
 
 REPO = Path(__file__).resolve().parent.parent
+LOCALHOST = "127.0.0.1"
+DASHBOARD_WARNING = (
+    "warning: the Ray dashboard listens on {host} and has no authentication of its own: anyone "
+    "who reaches that address can see and stop jobs. Prefer the default 127.0.0.1 with an SSH "
+    "tunnel (ssh -L 8265:127.0.0.1:8265 HOST), or enable Ray's token authentication "
+    "(RAY_AUTH_MODE=token, https://docs.ray.io/en/latest/ray-security/token-auth.html)."
+)
 
 
-def parse_args(argv: list[str] | None, default_config: str) -> argparse.Namespace:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--config", default=str(REPO / default_config), help="experiment YAML")
+    parser.add_argument("--config", help="experiment YAML (default: the script's own)")
     parser.add_argument("--data-dir", help="CIFAR-10 files or an image-folder tree (data.dir)")
     parser.add_argument("--results-dir", default="results", help="where run folders go")
     parser.add_argument("--name", help="run folder name (default: config name + timestamp)")
@@ -37,41 +44,63 @@ def parse_args(argv: list[str] | None, default_config: str) -> argparse.Namespac
         action="store_true",
         help="tiny run: 2 trials, 2 epochs, small data (synthetic unless --data-dir is given)",
     )
+    parser.add_argument("--resume", action="store_true", help="continue the run named --name")
     parser.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS or local)")
     parser.add_argument("--no-dashboard", action="store_true", help="start Ray without dashboard")
+    parser.add_argument(
+        "--dashboard-host",
+        default=LOCALHOST,
+        help="address the local dashboard listens on (default 127.0.0.1: this machine only)",
+    )
     return parser.parse_args(argv)
 
 
-def resolve_config(args: argparse.Namespace) -> ExperimentConfig:
-    overrides = list(args.overrides)
-    if args.data_dir:
-        overrides.insert(0, f"data.dir={args.data_dir}")
-    config = load_config(args.config, overrides)
-    return smoke(config, synthetic=not args.data_dir) if args.smoke else config
-
-
-def prepare_run_dir(args: argparse.Namespace, config: ExperimentConfig) -> Path:
-    """The new run folder's path; refuses to overwrite a run or to write where it cannot."""
-    name = args.name or f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}"
+def resolve_run(args: argparse.Namespace, default_config: str) -> tuple[ExperimentConfig, Path]:
+    """The validated config and the run folder; ConfigError for anything the user must fix."""
     results = Path(args.results_dir)
-    run_dir = results / name
+    if args.resume:
+        return resumed_run(args, results)
+    path = args.config or REPO / default_config
+    overrides = [f"data.dir={args.data_dir}"] if args.data_dir else []
+    if args.smoke:
+        overrides += smoke_overrides(load_config(path), synthetic=not args.data_dir)
+    config = load_config(path, overrides + args.overrides)
+    run_dir = results / (args.name or f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}")
     if run_dir.exists():
-        raise ConfigError(f"run folder {run_dir} already exists; choose another --name")
+        raise ConfigError(
+            f"run folder {run_dir} already exists; choose another --name, "
+            "or add --resume to continue that run"
+        )
     try:
         results.mkdir(parents=True, exist_ok=True)
     except OSError as err:
         raise ConfigError(f"cannot create --results-dir {results}: {err.strerror}") from None
     if not os.access(results, os.W_OK | os.X_OK):
         raise ConfigError(f"--results-dir {results} is not writable; pick a folder you can write")
-    return run_dir
+    return config, run_dir
+
+
+def resumed_run(args: argparse.Namespace, results: Path) -> tuple[ExperimentConfig, Path]:
+    if not args.name:
+        raise ConfigError("--resume needs the --name of the run to continue")
+    if args.config or args.overrides or args.smoke:
+        raise ConfigError(
+            "--resume continues a run as it was configured (its config.yaml): "
+            "drop --config, --set and --smoke"
+        )
+    run_dir = results / args.name
+    saved = run_dir / "config.yaml"
+    if not saved.exists():
+        raise ConfigError(f"nothing to resume: {saved} does not exist; check --results-dir/--name")
+    # The data may have moved since: --data-dir is the one setting a resume may change.
+    return load_config(saved, [f"data.dir={args.data_dir}"] if args.data_dir else []), run_dir
 
 
 def main(default_config: str, argv: list[str] | None = None) -> int:
     """Run one experiment end to end; 0 on success, 2 on bad input, 1 when a trial failed."""
-    args = parse_args(argv, default_config)
+    args = parse_args(argv)
     try:
-        config = resolve_config(args)
-        run_dir = prepare_run_dir(args, config)
+        config, run_dir = resolve_run(args, default_config)
         start = time.perf_counter()
         data = load_dataset(config.data.spec())
     except (ConfigError, DataError) as err:
@@ -82,40 +111,58 @@ def main(default_config: str, argv: list[str] | None = None) -> int:
         f"{len(data.test_y)} test images of {data.image_shape}, loaded in "
         f"{time.perf_counter() - start:.1f} s"
     )
+    try:
+        return run_experiment(args, config, data, run_dir)
+    except KeyboardInterrupt:  # a second Ctrl-C: Tune's first one already stopped gracefully
+        print(f"\ninterrupted; continue with --resume --name {run_dir.name}", file=sys.stderr)
+        return 130
 
-    # Ray's import is slow: after the input checks, so bad input is refused at once.
+
+def run_experiment(
+    args: argparse.Namespace, config: ExperimentConfig, data: DataBundle, run_dir: Path
+) -> int:
+    """Plan the search, run it on Ray, judge the choice, export and print the summary."""
+    # Ray's import is slow: here, after the input checks, so bad input is refused at once.
     import ray
 
-    from tuning.runner import judge_best, run_tuner, start_ray
+    from tuning.runner import can_resume, judge_best, run_tuner, start_ray
     from tuning.search import build_plan
 
-    run_dir.mkdir(parents=True)
-    try:
-        plan = build_plan(config, run_dir)
-    except ConfigError as err:
-        shutil.rmtree(run_dir)  # just made, holds nothing of the user's
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    for note in plan.notes:
-        print(f"note: {note}")
-    dashboard = start_ray(args.address, dashboard=not args.no_dashboard)
+    if args.resume:
+        plan = None  # Tune restores its searcher and scheduler from the run folder
+        if not can_resume(run_dir):
+            print(f"error: {run_dir} holds no Tune state to resume; start it anew", file=sys.stderr)
+            return 2
+    else:
+        run_dir.mkdir(parents=True)
+        write_config(run_dir, config)  # first: a killed run can be resumed from it
+        try:
+            plan = build_plan(config, run_dir)
+        except ConfigError as err:
+            shutil.rmtree(run_dir)  # just made, holds nothing of the user's
+            print(f"error: {err}", file=sys.stderr)
+            return 2
+        for note in plan.notes:
+            print(f"note: {note}")
+    dashboard = start_ray(args.address, dashboard=not args.no_dashboard, host=args.dashboard_host)
     if dashboard:
         print(f"Ray dashboard: {dashboard}")
+    if args.dashboard_host not in (LOCALHOST, "localhost") and not args.no_dashboard:
+        print(DASHBOARD_WARNING.format(host=args.dashboard_host), file=sys.stderr)
     try:
         results = run_tuner(config, data, run_dir, plan)
+        # A grid's trials report test accuracy themselves; a search's choice is judged here.
         judged = judge_best(results, config, data) if config.search.kind != "grid" else None
     finally:
         ray.shutdown()  # now, not at interpreter exit, where Ray takes seconds longer
-    best_id = Path(judged[0].path).name if judged else None
-    tests = {best_id: judged[1]} if judged and judged[1] is not None else {}
-    epochs, trials = build_tables(results, config, tests)
+    best, test_acc = judged or (None, None)
+    best_id = Path(best.path).name if best else None
+    epochs, trials = build_tables(results, config, {best_id: test_acc} if test_acc else {})
     write_run(run_dir, epochs, trials, config, run_metadata(config, data.fingerprint))
     if config.search.kind == "grid":
         print(f"\n{grid_table(trials)}")
     else:
-        best_value = judged[0].metrics.get(config.metric) if judged else None
-        print(
-            f"\n{search_summary(trials, best_id, best_value, config.trial.epochs, config.metric)}"
-        )
+        value = best.metrics.get(config.metric) if best else None
+        print(f"\n{search_summary(trials, best_id, value, config.trial.epochs, config.metric)}")
     print(f"\nresults: {run_dir}/ (epochs.parquet, trials.parquet)")
     return 1 if "error" in trials.column("status").to_pylist() else 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import json
 from pathlib import Path
 from typing import Any, Literal
 
@@ -43,6 +44,7 @@ class TrialConfig(Strict):
     batch_size: int = Field(64, ge=1)
     epochs: int = Field(5, ge=1)
     weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "cosine"] = "constant"  # cosine: lr → 0 over the run
     normalize: Literal["channel", "none"] = "channel"  # none = scale to [0, 1], as the original
     seed: int = 0
 
@@ -171,6 +173,10 @@ class ResourcesConfig(Strict):
         return value
 
 
+class RunSettings(Strict):
+    max_failures: int = Field(2, ge=0)  # restarts of a crashed trial from its last checkpoint
+
+
 METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")
 
 
@@ -183,6 +189,7 @@ class ExperimentConfig(Strict):
     search: SearchConfig = Field(default_factory=SearchConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    run: RunSettings = Field(default_factory=RunSettings)
 
     @model_validator(mode="after")
     def _consistent(self) -> ExperimentConfig:
@@ -275,18 +282,23 @@ def _describe(err: ValidationError) -> str:
     return "\n".join(lines)
 
 
-def smoke(config: ExperimentConfig, synthetic: bool) -> ExperimentConfig:
-    """A tiny version of the experiment: small data, 2 epochs, 2 trials."""
-    config = config.model_copy(deep=True)
+def smoke_overrides(config: ExperimentConfig, synthetic: bool) -> list[str]:
+    """`--set` items for a tiny version of the experiment: small data, 2 epochs, 2 trials.
+
+    Overrides rather than edits, so the user's own `--set` items, applied after, still win.
+    """
+    items = [
+        "data.train_subset=2000",
+        "data.test_subset=1000",
+        f"data.val_size={min(config.data.val_size, 500)}",
+        f"trial.epochs={min(config.trial.epochs, 2)}",
+        f"search.num_samples={min(config.search.num_samples, 2)}",
+        "search.time_budget_s=null",
+        "scheduler.grace_period=1",
+    ]
     if synthetic:
-        config.data.source = "synthetic"
-    config.data.train_subset, config.data.test_subset = 2000, 1000
-    config.data.val_size = min(config.data.val_size, 500)
-    config.trial.epochs = min(config.trial.epochs, 2)
-    grid = config.search.grid
-    first = next(iter(grid), None)
-    config.search.grid = {k: v[:2] if k == first else v[:1] for k, v in grid.items()}
-    config.search.num_samples = min(config.search.num_samples, 2)
-    config.search.time_budget_s = None
-    config.scheduler.grace_period = 1
-    return config
+        items.append("data.source=synthetic")
+    for index, (key, values) in enumerate(config.search.grid.items()):
+        kept = values[:2] if index == 0 else values[:1]  # two trials in all
+        items.append(f"search.grid.{key}={json.dumps(kept)}")
+    return items

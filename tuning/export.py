@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import platform
 import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -33,20 +35,69 @@ TRIAL_FIELDS = {
     "final_val_acc": pa.float64(),
     "test_acc": pa.float64(),  # null where the trial was not evaluated on test
     "train_time_s": pa.float64(),  # sum of epoch_time_s
+    "restarts": pa.int64(),  # times the trial was restarted from a checkpoint after a failure
 }
 
 
-def trial_epochs(result: tune.Result) -> list[dict]:
-    """One dict per epoch from the trial's `result.json`, the last report of an epoch winning."""
-    by_epoch: dict[int, dict] = {}
-    log = Path(result.path) / "result.json"
+def trial_epochs(trial_dir: Path) -> list[dict]:
+    """One dict per epoch, the last report of an epoch winning, from both of Tune's logs.
+
+    After a restore from a checkpoint, `result.json` can miss a row that `progress.csv` holds
+    (ray issue 41668), so the two are merged rather than one trusted.
+    """
+    by_epoch = {row["epoch"]: row for row in _progress_csv(trial_dir / "progress.csv")}
+    log = trial_dir / "result.json"
     if log.exists():
         for line in log.read_text().splitlines():
-            if line.strip():
-                row = json.loads(line)
-                if "epoch" in row:
-                    by_epoch[row["epoch"]] = row
+            row = json.loads(line) if line.strip() else {}
+            if "epoch" in row:
+                by_epoch[row["epoch"]] = row
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
+
+
+def _progress_csv(path: Path) -> list[dict]:
+    if not path.exists():
+        return []
+    rows = []
+    with path.open(newline="") as f:
+        for raw in csv.DictReader(f):
+            row = {k: v for k, v in ((k, _parse(t)) for k, t in raw.items()) if v is not None}
+            # Tune's CSV holds no config columns; the trial's own config stands in for them.
+            if isinstance(row.get("epoch"), int):
+                rows.append(row)
+    return rows
+
+
+def _parse(text: str | None) -> object:
+    """A CSV cell back to the int, float, bool or string Tune wrote."""
+    if text is None or text == "":
+        return None
+    if "_" in text:  # int() would read "123_45", a trial id, as a number
+        return text
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return {"True": True, "False": False}.get(text, text)
+
+
+def missing_epochs(epochs: list[dict]) -> list[int]:
+    """Epochs absent from 1..last: a gap both logs share, which the tables cannot fill."""
+    seen = {row["epoch"] for row in epochs}
+    return [e for e in range(1, max(seen, default=0) + 1) if e not in seen]
+
+
+def trial_restarts(tune_dir: Path) -> dict[str, int]:
+    """Trial id → times Tune restarted it after a failure, from Tune's plain-JSON state."""
+    states = sorted(tune_dir.glob("experiment_state-*.json"))
+    if not states:
+        return {}
+    restarts = {}
+    for trial_json, runtime_json in json.loads(states[-1].read_text())["trial_data"]:
+        runtime = json.loads(runtime_json) if isinstance(runtime_json, str) else runtime_json
+        restarts[json.loads(trial_json)["trial_id"]] = int(runtime.get("num_failures", 0))
+    return restarts
 
 
 def trial_status(result: tune.Result, epochs: list[dict], planned: int) -> str:
@@ -66,10 +117,13 @@ def build_tables(
     """
     params = list(config.trial.model_dump())
     judged = judged or {}
+    restarts = trial_restarts(Path(results.experiment_path))
     epoch_rows, trial_rows = [], []
     for result in results:
-        epochs = trial_epochs(result)
         trial_id = Path(result.path).name
+        epochs = trial_epochs(Path(result.path))
+        if gaps := missing_epochs(epochs):
+            print(f"warning: no record of epochs {gaps} of trial {trial_id}", file=sys.stderr)
         hyper = {key: result.config.get(key) for key in params}
         for row in epochs:
             # Each report carries the config it ran with: PBT changes lr between epochs.
@@ -87,6 +141,7 @@ def build_tables(
                 "final_val_acc": val_accs[-1] if val_accs else None,
                 "test_acc": judged.get(trial_id, epochs[-1].get("test_acc") if epochs else None),
                 "train_time_s": sum(row.get("epoch_time_s", 0.0) for row in epochs),
+                "restarts": restarts.get(trial_id, 0),
             }
         )
     return _table(epoch_rows, EPOCH_FIELDS, params), _table(trial_rows, TRIAL_FIELDS, params)
@@ -129,7 +184,12 @@ def write_run(
     for name, table in (("epochs.parquet", epochs), ("trials.parquet", trials)):
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
         _atomic(run_dir / name, lambda path, t=table: pq.write_table(t, path))
-    text = yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False)
+    write_config(run_dir, config)
+
+
+def write_config(run_dir: Path, config: ExperimentConfig) -> None:
+    """The resolved config as YAML, loadable again (`--resume` reads it)."""
+    text = yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), sort_keys=False)
     _atomic(run_dir / "config.yaml", lambda path: path.write_text(text))
 
 

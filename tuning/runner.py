@@ -17,15 +17,15 @@ from tuning.search import SearchPlan
 TUNE_FOLDER = "ray"  # Tune's experiment folder inside the run folder
 
 
-def start_ray(address: str | None, dashboard: bool) -> str | None:
+def start_ray(address: str | None, dashboard: bool, host: str = "127.0.0.1") -> str | None:
     """Join the cluster at `address` or RAY_ADDRESS, else start a local Ray; return dashboard."""
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         # An existing cluster has its own dashboard and resources: pass no local-only options.
         context = ray.init(address=address)
     else:
-        # 127.0.0.1: the dashboard has no authentication of its own.
-        context = ray.init(include_dashboard=dashboard, dashboard_host="127.0.0.1")
+        # 127.0.0.1 unless asked otherwise: the dashboard has no authentication of its own.
+        context = ray.init(include_dashboard=dashboard, dashboard_host=host)
     url = context.dashboard_url
     return f"http://{url}" if url and not url.startswith("http") else url
 
@@ -38,15 +38,10 @@ def gpus_per_trial(config: ExperimentConfig) -> float:
     return float(value)
 
 
-def run_tuner(
-    config: ExperimentConfig, data: DataBundle, run_dir: Path, plan: SearchPlan
-) -> tune.ResultGrid:
-    """Run every trial of the plan; Tune's state lands in `run_dir / TUNE_FOLDER`."""
-    # num_to_keep forces an experiment-state snapshot after each pruned checkpoint; locally that
-    # costs ~10 ms, so Tune's warning about it is noise.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+def make_trainable(config: ExperimentConfig, data: DataBundle):
+    """The trainable with its data and run settings bound, and its per-trial resources."""
     cpus = config.resources.cpus_per_trial
-    trainable = tune.with_resources(
+    return tune.with_resources(
         # with_parameters puts the arrays in the object store once for all trials.
         tune.with_parameters(
             CifarTrainable,
@@ -56,6 +51,33 @@ def run_tuner(
         ),
         {"cpu": cpus, "gpu": gpus_per_trial(config)},
     )
+
+
+def can_resume(run_dir: Path) -> bool:
+    return tune.Tuner.can_restore(str((run_dir / TUNE_FOLDER).resolve()))
+
+
+def run_tuner(
+    config: ExperimentConfig,
+    data: DataBundle,
+    run_dir: Path,
+    plan: SearchPlan | None,
+) -> tune.ResultGrid:
+    """Run every trial of the plan, or with no plan continue the run Tune saved in `run_dir`.
+
+    Tune's state lands in `run_dir / TUNE_FOLDER`. Resuming re-runs no finished trial; unfinished
+    ones continue from their last checkpoint, and a searcher (Optuna's study) from its state.
+    """
+    # num_to_keep forces an experiment-state snapshot after each pruned checkpoint; locally that
+    # costs ~10 ms, so Tune's warning about it is noise.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    trainable = make_trainable(config, data)
+    if plan is None:
+        path = str((run_dir / TUNE_FOLDER).resolve())
+        tuner = tune.Tuner.restore(
+            path, trainable=trainable, resume_unfinished=True, resume_errored=True
+        )
+        return tuner.fit()
     tuner = tune.Tuner(
         trainable,
         param_space=plan.param_space,
@@ -78,6 +100,7 @@ def run_tuner(
                 checkpoint_frequency=1,
                 checkpoint_at_end=True,
             ),
+            failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
             verbose=1,
         ),
     )
