@@ -101,7 +101,7 @@ def test_optuna_smoke_writes_tables_study_and_summary(tmp_path):
 @pytest.mark.parametrize(
     "args, expected",
     [
-        (["--set", "scheduler.grace_period=12"], "grace_period"),
+        (["--set", "scheduler.grace_period=99"], "grace_period"),
         (["--set", "search.space={}"], "needs a non-empty search.space"),
         (["--set", "search.kind=grid"], "a grid uses search.grid"),
         (["--set", "scheduler.kind=bohb"], "scheduler.kind"),
@@ -213,3 +213,33 @@ def test_ctrl_c_stops_gracefully_and_exports_what_ran(tmp_path):
     assert 1 <= len(trials) <= 3, out[-2000:]
     assert "completed" in [t["status"] for t in trials]
     assert pq.read_table(run / "epochs.parquet").num_rows >= 5
+
+
+def test_an_exposed_dashboard_is_warned_about():
+    from tuning.cli import dashboard_warning, parse_args
+
+    assert dashboard_warning(parse_args([])) is None
+    assert dashboard_warning(parse_args(["--dashboard-host", "0.0.0.0", "--no-dashboard"])) is None
+    warning = dashboard_warning(parse_args(["--dashboard-host", "0.0.0.0"]))
+    assert "0.0.0.0" in warning and "no authentication" in warning
+    assert "ssh -L" in warning and "RAY_AUTH_MODE=token" in warning
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--resume"], "--resume needs the --name"),
+        (["--resume", "--name", "nope"], "nothing to resume"),
+        (["--resume", "--name", "x", "--set", "trial.lr=1"], "drop --config, --set"),
+    ],
+)
+def test_resume_refuses_what_it_cannot_do(tmp_path, args, expected):
+    proc = run_script("tuning/run_grid.py", "--results-dir", str(tmp_path), *args, timeout=120)
+    assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_results_dir_that_is_a_file_is_refused(tmp_path):
+    (tmp_path / "taken").write_text("not a folder")
+    proc = run_script("tuning/run_grid.py", "--smoke", "--results-dir", str(tmp_path / "taken"))
+    assert proc.returncode == 2 and "cannot create --results-dir" in proc.stderr
+    assert (tmp_path / "taken").read_text() == "not a folder"

@@ -131,3 +131,34 @@ def test_classes_must_match_between_train_and_test(tmp_path):
     (root / "test" / "cat").rename(root / "test" / "cow")
     with pytest.raises(DataError, match="class folders differ"):
         load_dataset(spec(tmp_path, root))
+
+
+def offline(*args, **kwargs):
+    raise OSError("network unreachable")
+
+
+def test_missing_dir_offline_says_what_to_place_where(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tv_utils
+
+    monkeypatch.setattr(tv_utils, "download_url", offline)
+    target = tmp_path / "nothing"
+    with pytest.raises(DataError, match="holds no CIFAR-10.*cifar-10-python.tar.gz"):
+        load_dataset(spec(tmp_path, target))
+    assert not target.exists()  # a failed download leaves nothing behind
+
+
+def test_corrupt_cifar_batch_is_reported_as_corrupt(tmp_path, monkeypatch):
+    import torchvision.datasets.utils as tv_utils
+
+    monkeypatch.setattr(tv_utils, "download_url", offline)
+    batches = tmp_path / "cifar" / "cifar-10-batches-py"
+    batches.mkdir(parents=True)
+    (batches / "data_batch_1").write_bytes(b"truncated")
+    with pytest.raises(DataError, match="fail torchvision's checksum"):
+        load_dataset(spec(tmp_path, tmp_path / "cifar"))
+
+
+def test_a_file_as_data_dir_is_refused(tmp_path):
+    (tmp_path / "file.txt").write_text("x")
+    with pytest.raises(DataError, match="is a file"):
+        load_dataset(spec(tmp_path, tmp_path / "file.txt"))

@@ -65,7 +65,7 @@ def test_divergence_is_a_status_not_a_crash(ray_session, tmp_path):
     _, trials = build_tables(results, config)
     by_lr = {row["lr"]: row for row in trials.to_pylist()}
     assert by_lr[0.01]["status"] == "completed"
-    assert by_lr[1e6]["status"] == "diverged" and by_lr[1e6]["epochs_completed"] == 1
+    assert by_lr[1e6]["status"] == "diverged" and by_lr[1e6]["epochs_completed"] < 3
 
 
 def test_epochs_missing_from_result_json_come_from_progress_csv(tmp_path):

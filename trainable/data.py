@@ -171,6 +171,8 @@ def _load_arrays(spec: DataSpec) -> tuple[dict[str, np.ndarray], list[str], str,
 
 
 def _detect(root: Path) -> str:
+    if root.exists() and not root.is_dir():
+        raise DataError(f"--data-dir {root} is a file; point it at a folder")
     if root.name == "cifar-10-batches-py":
         raise DataError(f"--data-dir {root}: point it at the folder that holds cifar-10-batches-py")
     if (root / "cifar-10-batches-py").is_dir() or (root / "cifar-10-python.tar.gz").is_file():
@@ -196,17 +198,26 @@ def _torchvision_files(root: Path) -> list[Path]:
 def _decode_torchvision(root: Path) -> tuple[dict[str, np.ndarray], list[str]]:
     from torchvision.datasets import CIFAR10
 
+    present = bool(_torchvision_files(root))
+    created = not root.exists()
     try:
         # torchvision checks the md5 of every file; download=True extracts a present tar.gz
-        # and only reaches the network when the files are missing.
+        # and only reaches the network when the files are missing or corrupt.
         root.mkdir(parents=True, exist_ok=True)
         train = CIFAR10(str(root), train=True, download=True)
         test = CIFAR10(str(root), train=False, download=True)
     except Exception as err:  # noqa: BLE001 - any download or checksum failure means the same
+        if created:
+            shutil.rmtree(root, ignore_errors=True)  # leave no trace of a failed download
+        problem = (
+            "holds CIFAR-10 files that fail torchvision's checksum (corrupt or truncated?)"
+            if present
+            else "holds no CIFAR-10"
+        )
         raise DataError(
-            f"CIFAR-10 is not in {root} and could not be downloaded ({type(err).__name__}: "
-            f"{err}). Place cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) "
-            f"in {root}, or point --data-dir at an image-folder tree DIR/train/<class>/*, "
+            f"{root} {problem}, and downloading it failed ({type(err).__name__}: {err}). "
+            f"Place cifar-10-python.tar.gz (https://www.cs.toronto.edu/~kriz/cifar.html) in "
+            f"{root}, or point --data-dir at an image-folder tree DIR/train/<class>/*, "
             "DIR/test/<class>/*"
         ) from None
     arrays = {

@@ -61,7 +61,8 @@ def resolve_run(args: argparse.Namespace, default_config: str) -> tuple[Experime
     if args.resume:
         return resumed_run(args, results)
     path = args.config or REPO / default_config
-    overrides = [f"data.dir={args.data_dir}"] if args.data_dir else []
+    # Absolute: the resolved config.yaml must still point at the data from another folder.
+    overrides = [f"data.dir={Path(args.data_dir).resolve()}"] if args.data_dir else []
     if args.smoke:
         overrides += smoke_overrides(load_config(path), synthetic=not args.data_dir)
     config = load_config(path, overrides + args.overrides)
@@ -93,7 +94,16 @@ def resumed_run(args: argparse.Namespace, results: Path) -> tuple[ExperimentConf
     if not saved.exists():
         raise ConfigError(f"nothing to resume: {saved} does not exist; check --results-dir/--name")
     # The data may have moved since: --data-dir is the one setting a resume may change.
-    return load_config(saved, [f"data.dir={args.data_dir}"] if args.data_dir else []), run_dir
+    data = [f"data.dir={Path(args.data_dir).resolve()}"] if args.data_dir else []
+    return load_config(saved, data), run_dir
+
+
+def dashboard_warning(args: argparse.Namespace) -> str | None:
+    """A warning when the local dashboard would listen beyond this machine."""
+    exposed = args.dashboard_host not in (LOCALHOST, "localhost")
+    if exposed and not args.no_dashboard and not args.address:
+        return DASHBOARD_WARNING.format(host=args.dashboard_host)
+    return None
 
 
 def main(default_config: str, argv: list[str] | None = None) -> int:
@@ -144,11 +154,11 @@ def run_experiment(
             return 2
         for note in plan.notes:
             print(f"note: {note}")
+    if warning := dashboard_warning(args):
+        print(warning, file=sys.stderr)
     dashboard = start_ray(args.address, dashboard=not args.no_dashboard, host=args.dashboard_host)
     if dashboard:
         print(f"Ray dashboard: {dashboard}")
-    if args.dashboard_host not in (LOCALHOST, "localhost") and not args.no_dashboard:
-        print(DASHBOARD_WARNING.format(host=args.dashboard_host), file=sys.stderr)
     try:
         results = run_tuner(config, data, run_dir, plan)
         # A grid's trials report test accuracy themselves; a search's choice is judged here.
