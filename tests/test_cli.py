@@ -42,6 +42,7 @@ def test_grid_smoke_writes_the_contract_tables(tmp_path):
     assert (run / "ray").is_dir()
     assert "| 0.001 | 1 | 2 |" in proc.stdout and "0.4363" in proc.stdout  # the original's figure
     assert not list(run.glob(".*partial"))
+    assert (run / "learning_curves.png").stat().st_size > 5000 and (run / "report.md").exists()
 
 
 @pytest.mark.parametrize(
@@ -96,6 +97,8 @@ def test_optuna_smoke_writes_tables_study_and_summary(tmp_path):
     assert len([t for t in trials.column("test_acc").to_pylist() if t is not None]) == 1
     assert (run / "study.db").exists()
     assert "best trial" in proc.stdout and "epochs trained:" in proc.stdout
+    assert f"optuna-dashboard sqlite:///{run.resolve()}/study.db" in proc.stdout
+    assert (run / "param_importances.png").exists() or "skipped" in (run / "report.md").read_text()
 
 
 @pytest.mark.parametrize(

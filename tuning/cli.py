@@ -47,6 +47,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--resume", action="store_true", help="continue the run named --name")
     parser.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS or local)")
     parser.add_argument("--no-dashboard", action="store_true", help="start Ray without dashboard")
+    parser.add_argument("--no-report", action="store_true", help="skip report.md and figures")
     parser.add_argument(
         "--dashboard-host",
         default=LOCALHOST,
@@ -136,7 +137,7 @@ def run_experiment(
     import ray
 
     from tuning.runner import can_resume, judge_best, run_tuner, start_ray
-    from tuning.search import build_plan
+    from tuning.search import STUDY_FILE, build_plan
 
     if args.resume:
         plan = None  # Tune restores its searcher and scheduler from the run folder
@@ -154,6 +155,8 @@ def run_experiment(
             return 2
         for note in plan.notes:
             print(f"note: {note}")
+    if (run_dir / STUDY_FILE).exists():
+        print(f"Optuna study: optuna-dashboard sqlite:///{(run_dir / STUDY_FILE).resolve()}")
     if warning := dashboard_warning(args):
         print(warning, file=sys.stderr)
     dashboard = start_ray(args.address, dashboard=not args.no_dashboard, host=args.dashboard_host)
@@ -174,5 +177,9 @@ def run_experiment(
     else:
         value = best.metrics.get(config.metric) if best else None
         print(f"\n{search_summary(trials, best_id, value, config.trial.epochs, config.metric)}")
-    print(f"\nresults: {run_dir}/ (epochs.parquet, trials.parquet)")
+    if not args.no_report:
+        from tuning.report import write_report
+
+        write_report(run_dir)
+    print(f"\nresults: {run_dir}/ (epochs.parquet, trials.parquet, report.md)")
     return 1 if "error" in trials.column("status").to_pylist() else 0

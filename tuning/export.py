@@ -183,17 +183,18 @@ def write_run(
     meta = {b"cifar_tune": json.dumps(metadata).encode()}
     for name, table in (("epochs.parquet", epochs), ("trials.parquet", trials)):
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
-        _atomic(run_dir / name, lambda path, t=table: pq.write_table(t, path))
+        atomic_write(run_dir / name, lambda path, t=table: pq.write_table(t, path))
     write_config(run_dir, config)
 
 
 def write_config(run_dir: Path, config: ExperimentConfig) -> None:
     """The resolved config as YAML, loadable again (`--resume` reads it)."""
     text = yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), sort_keys=False)
-    _atomic(run_dir / "config.yaml", lambda path: path.write_text(text))
+    atomic_write(run_dir / "config.yaml", lambda path: path.write_text(text))
 
 
-def _atomic(path: Path, write: Callable[[Path], None]) -> None:
+def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
+    """Call `write` on a temporary name beside `path`, then rename it over `path`."""
     partial = path.with_name(f".{path.name}.partial")
     try:
         write(partial)

@@ -1,0 +1,104 @@
+"""report.py on small runs' tables: every figure a real PNG, a report.md that links them."""
+
+import pyarrow as pa
+import pytest
+
+from tuning.config import ExperimentConfig
+from tuning.export import write_run
+from tuning.report import main, write_report
+
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+def fake_run(run_dir, search: dict, rows: list[tuple]) -> None:
+    """Tables as a run writes them: (trial, lr, optimizer, epochs run, final val, test)."""
+    config = ExperimentConfig.model_validate({"name": "small", "search": search})
+    epochs, trials = [], []
+    for trial_id, lr, optimizer, ran, final, test in rows:
+        for epoch in range(1, ran + 1):
+            acc = final * epoch / ran
+            epochs.append(
+                {
+                    "trial_id": trial_id,
+                    "epoch": epoch,
+                    "train_loss": 2 - acc,
+                    "train_acc": acc,
+                    "val_loss": 2.1 - acc,
+                    "val_acc": acc,
+                    "epoch_time_s": 1.0,
+                    "lr": lr,
+                    "optimizer": optimizer,
+                }
+            )
+        trials.append(
+            {
+                "trial_id": trial_id,
+                "status": "completed" if ran == 3 else "early_stopped",
+                "lr": lr,
+                "optimizer": optimizer,
+                "epochs_completed": ran,
+                "best_val_acc": final,
+                "final_val_acc": final,
+                "test_acc": test,
+                "train_time_s": float(ran),
+            }
+        )
+    run_dir.mkdir()
+    write_run(run_dir, pa.Table.from_pylist(epochs), pa.Table.from_pylist(trials), config, {})
+
+
+def assert_pngs(run_dir, names):
+    for name in names:
+        data = (run_dir / name).read_bytes()
+        assert data.startswith(PNG_MAGIC) and len(data) > 5000, name  # a drawn figure
+    report = (run_dir / "report.md").read_text()
+    for name in names:
+        assert f"]({name})" in report
+
+
+def test_grid_report(tmp_path):
+    rows = [
+        (f"t{i}", lr, "adam", 3, 0.4 + 0.01 * i, 0.41 + 0.01 * i)
+        for i, lr in enumerate([1e-3, 1e-3, 1e-4, 1e-4, 1e-2, 1e-2])
+    ]
+    fake_run(tmp_path / "g", {"grid": {"lr": [1e-3, 1e-4, 1e-2]}}, rows)
+    written = write_report(tmp_path / "g")
+    assert_pngs(tmp_path / "g", ["learning_curves.png", "accuracy_vs_lr.png"])
+    assert len(written) == 3
+    assert "| t5 | completed | 0.01 |" in (tmp_path / "g" / "report.md").read_text()
+
+
+def test_search_report_has_optuna_figures(tmp_path):
+    space = {"lr": {"loguniform": [1e-4, 1e-2]}, "optimizer": {"choice": ["adam", "sgd"]}}
+    rows = [
+        ("a", 1e-3, "adam", 3, 0.5, 0.49),
+        ("b", 3e-4, "sgd", 1, 0.3, None),
+        ("c", 5e-3, "adam", 2, 0.4, None),
+        ("d", 2e-4, "sgd", 1, 0.35, None),
+    ]
+    fake_run(tmp_path / "s", {"kind": "optuna", "space": space}, rows)
+    write_report(tmp_path / "s")
+    assert_pngs(
+        tmp_path / "s",
+        [
+            "learning_curves.png",
+            "accuracy_vs_lr.png",
+            "optimization_history.png",
+            "param_importances.png",
+        ],
+    )
+
+
+def test_a_folder_without_tables_is_refused(tmp_path, capsys):
+    assert main([str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "holds no epochs.parquet or trials.parquet" in err and "results/<name>" in err
+    assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("missing", ["config.yaml"])
+def test_a_run_without_its_config_is_refused(tmp_path, capsys, missing):
+    fake_run(tmp_path / "g", {"grid": {"lr": [1e-3]}}, [("t", 1e-3, "adam", 3, 0.4, 0.4)])
+    (tmp_path / "g" / missing).unlink()
+    assert main([str(tmp_path / "g")]) == 2
+    assert "cannot read config" in capsys.readouterr().err

@@ -1,0 +1,222 @@
+"""Figures and a `report.md` from a run folder's tables, written beside them.
+
+    python tuning/report.py results/<name>
+
+Reads only the run folder's `epochs.parquet`, `trials.parquet` and `config.yaml`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import statistics
+import sys
+import warnings
+from collections import defaultdict
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display needed, none opened
+import matplotlib.pyplot as plt  # noqa: E402
+import pyarrow.parquet as pq  # noqa: E402
+
+from tuning.config import ConfigError, ExperimentConfig, load_config  # noqa: E402
+from tuning.export import atomic_write  # noqa: E402
+
+
+class ReportError(ValueError):
+    """The folder cannot be reported on; the message says why."""
+
+
+def write_report(run_dir: Path) -> list[Path]:
+    """Write every figure and `report.md` into `run_dir`; return the files written."""
+    missing = [n for n in ("epochs.parquet", "trials.parquet") if not (run_dir / n).exists()]
+    if missing:
+        raise ReportError(
+            f"{run_dir} holds no {' or '.join(missing)}: point at a run folder written by "
+            "run_grid.py or run_optuna.py (results/<name>/)"
+        )
+    config = load_config(run_dir / "config.yaml")
+    epochs = pq.read_table(run_dir / "epochs.parquet").to_pylist()
+    trials = pq.read_table(run_dir / "trials.parquet").to_pylist()
+    if not trials:
+        raise ReportError(f"{run_dir}/trials.parquet has no trials to report on")
+    figures = {
+        "learning_curves.png": learning_curves(epochs, config),
+        "accuracy_vs_lr.png": accuracy_vs_lr(trials),
+    }
+    notes = []
+    if config.search.kind != "grid":
+        try:
+            figures.update(optuna_figures(trials, config))
+        except (ValueError, RuntimeError) as err:  # e.g. too few finished trials to compare
+            notes.append(f"Optuna's figures were skipped: {err}")
+    written = []
+    for name, figure in figures.items():
+        atomic_write(run_dir / name, lambda path, f=figure: f.savefig(path, dpi=110, format="png"))
+        plt.close(figure)
+        written.append(run_dir / name)
+    text = report_markdown(run_dir.name, trials, config, list(figures), notes)
+    atomic_write(run_dir / "report.md", lambda path: path.write_text(text))
+    return [*written, run_dir / "report.md"]
+
+
+def learning_curves(epochs: list[dict], config: ExperimentConfig) -> plt.Figure:
+    """Accuracy and loss by epoch, one line per trial, coloured by learning rate."""
+    split = "val" if any(row["val_acc"] is not None for row in epochs) else "train"
+    by_trial: dict[str, list[dict]] = defaultdict(list)
+    for row in epochs:
+        by_trial[row["trial_id"]].append(row)
+    lrs = [row["lr"] for row in epochs]
+    norm = matplotlib.colors.LogNorm(min(lrs), max(lrs) * (1.0001 if min(lrs) == max(lrs) else 1))
+    colours = matplotlib.colormaps["viridis"]
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), constrained_layout=True)
+    for rows in by_trial.values():
+        rows.sort(key=lambda r: r["epoch"])
+        x = [r["epoch"] for r in rows]
+        for ax, metric in zip(axes, ("acc", "loss"), strict=True):
+            y = [r[f"{split}_{metric}"] for r in rows]
+            # A lone point (a trial stopped after one epoch) needs a marker to be seen.
+            ax.plot(x, y, color=colours(norm(rows[0]["lr"])), alpha=0.8, marker=".", lw=1.2)
+    for ax, metric in zip(axes, ("accuracy", "loss"), strict=True):
+        ax.set(xlabel="epoch", ylabel=f"{split} {metric}", title=f"{split} {metric} by epoch")
+        ax.grid(alpha=0.3)
+        ax.xaxis.get_major_locator().set_params(integer=True)
+    fig.colorbar(matplotlib.cm.ScalarMappable(norm, colours), ax=axes, label="learning rate")
+    fig.suptitle(f"{config.name}: one line per trial (shorter lines were stopped early)")
+    return fig
+
+
+def accuracy_vs_lr(trials: list[dict]) -> plt.Figure:
+    """Final accuracy against learning rate: each trial a point, mean ± std per rate."""
+    on_test = all(t["test_acc"] is not None for t in trials if t["status"] == "completed")
+    key = "test_acc" if on_test else "final_val_acc"
+    points = [(t["lr"], t[key]) for t in trials if t[key] is not None and math.isfinite(t[key])]
+    fig, ax = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
+    if points:
+        ax.scatter(*zip(*points, strict=True), alpha=0.6, label="trials (seeds)", zorder=3)
+    grouped: dict[float, list[float]] = defaultdict(list)
+    for lr, acc in points:
+        grouped[lr].append(acc)
+    repeated = {lr: accs for lr, accs in sorted(grouped.items()) if len(accs) > 1}
+    if repeated:
+        means = [statistics.mean(a) for a in repeated.values()]
+        stds = [statistics.stdev(a) for a in repeated.values()]
+        ax.errorbar(
+            list(repeated),
+            means,
+            yerr=stds,
+            fmt="o-",
+            color="black",
+            capsize=4,
+            label="mean ± std",
+            zorder=4,
+        )
+    ax.set_xscale("log")
+    ax.set(xlabel="learning rate", ylabel=key.replace("_", " "), title=f"{key} by learning rate")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend()
+    return fig
+
+
+def optuna_figures(trials: list[dict], config: ExperimentConfig) -> dict[str, plt.Figure]:
+    """Optuna's history and importance plots, on a study rebuilt from the trials table."""
+    import optuna
+    from optuna.visualization import matplotlib as optuna_plots
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+    study = optuna.create_study(direction="maximize" if config.mode == "max" else "minimize")
+    distributions = {key: to_optuna(dist) for key, dist in config.search.space.items()}
+    metric = {"val_acc": "final_val_acc"}.get(config.metric)
+    for trial in trials:
+        value = trial.get(metric) if metric else None
+        if value is None or not math.isfinite(value):
+            continue
+        params = {key: trial[key] for key in distributions}
+        study.add_trial(
+            optuna.trial.create_trial(params=params, distributions=distributions, value=value)
+        )
+    figures = {}
+    for name, plot in (
+        ("optimization_history.png", optuna_plots.plot_optimization_history),
+        ("param_importances.png", optuna_plots.plot_param_importances),
+    ):
+        ax = plot(study)
+        ax.figure.set_size_inches(7, 4.2)
+        ax.figure.tight_layout()
+        figures[name] = ax.figure
+    return figures
+
+
+def to_optuna(dist):
+    """A config distribution as Optuna's own, for rebuilding a study from the table."""
+    from optuna.distributions import (
+        CategoricalDistribution,
+        FloatDistribution,
+        IntDistribution,
+    )
+
+    args = dist.args
+    if dist.kind == "choice":
+        return CategoricalDistribution(list(args))
+    if dist.kind == "randint":
+        return IntDistribution(args[0], args[1])
+    step = args[2] if dist.kind == "quniform" else None
+    return FloatDistribution(args[0], args[1], log=dist.kind == "loguniform", step=step)
+
+
+def report_markdown(
+    name: str, trials: list[dict], config: ExperimentConfig, figures: list[str], notes: list[str]
+) -> str:
+    columns = [
+        "trial_id",
+        "status",
+        *config.search.grid,
+        *config.search.space,
+        "epochs_completed",
+        "final_val_acc",
+        "test_acc",
+    ]
+    columns = list(dict.fromkeys(columns))  # a searched key listed once
+    ranked = sorted(trials, key=lambda t: -(t["final_val_acc"] or 0))
+
+    def cell(value) -> str:
+        if value is None:
+            return "—"
+        return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+    lines = [
+        f"# {name}",
+        "",
+        f"Experiment `{config.name}`: {len(trials)} trials, "
+        f"{config.search.kind} search, scheduler {config.scheduler.kind}, "
+        f"chosen on {config.metric} ({config.mode}).",
+        "",
+    ]
+    lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    lines += ["| " + " | ".join(cell(t.get(c)) for c in columns) + " |" for t in ranked]
+    lines.append("")
+    for figure in figures:
+        title = figure.removesuffix(".png").replace("_", " ")
+        lines += [f"## {title}", "", f"![{title}]({figure})", ""]
+    lines += [f"_{note}_" for note in notes]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dir", type=Path, help="a run folder, e.g. results/<name>")
+    args = parser.parse_args(argv)
+    try:
+        written = write_report(args.run_dir)
+    except (ReportError, ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"report: {written[-1]} ({len(written) - 1} figures)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
