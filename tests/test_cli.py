@@ -6,6 +6,7 @@ import signal
 import subprocess
 import sys
 import time
+import urllib.request
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -246,3 +247,57 @@ def test_a_results_dir_that_is_a_file_is_refused(tmp_path):
     proc = run_script("tuning/run_grid.py", "--smoke", "--results-dir", str(tmp_path / "taken"))
     assert proc.returncode == 2 and "cannot create --results-dir" in proc.stderr
     assert (tmp_path / "taken").read_text() == "not a folder"
+
+
+def dashboard_actors(url: str) -> list[dict]:
+    """The live actors the dashboard's HTTP API lists (Ray's token auth is on by default)."""
+    token_file = Path.home() / ".ray" / "auth_token"
+    token = os.environ.get("RAY_AUTH_TOKEN") or (
+        token_file.read_text().strip() if token_file.exists() else ""
+    )
+    request = urllib.request.Request(
+        f"{url}/api/v0/actors?limit=200&detail=true",
+        headers={"Authorization": f"Bearer {token}"} if token else {},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())["data"]["result"]["result"]
+
+
+@pytest.mark.slow
+def test_the_dashboard_lists_live_trials_by_id_and_hyperparameters(tmp_path):
+    args = [arg for arg in SLOW_GRID if arg != "--no-dashboard"]
+    proc = start_script(
+        "tuning/run_grid.py",
+        *args,
+        "--set",
+        "trial.epochs=5",
+        "--no-report",
+        "--results-dir",
+        str(tmp_path),
+        "--name",
+        "d",
+    )
+    try:
+        url = None
+        for line in proc.stdout:
+            if line.startswith("Ray dashboard: "):
+                url = line.split(": ", 1)[1].strip()
+                break
+        assert url and url.startswith("http://127.0.0.1:"), "no dashboard address printed"
+        named: list[str] = []
+
+        def trials_listed() -> bool:
+            names = [
+                a.get("repr_name") or "" for a in dashboard_actors(url) if a["state"] == "ALIVE"
+            ]
+            named[:] = [n for n in names if n.startswith("CifarTrainable(")]
+            return len(named) >= 1
+
+        wait_for(trials_listed)
+        trial_ids = {p.name for p in (tmp_path / "d" / "ray").iterdir() if p.is_dir()}
+        for name in named:
+            assert name.split("(")[1].split(":")[0] in trial_ids
+            assert "lr=0.00" in name and "seed=0" in name
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()

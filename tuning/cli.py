@@ -163,7 +163,8 @@ def run_experiment(
     if dashboard:
         print(f"Ray dashboard: {dashboard}")
     try:
-        results = run_tuner(config, data, run_dir, plan)
+        # Watched runs get an actor per trial, named in the dashboard; others reuse actors.
+        results = run_tuner(config, data, run_dir, plan, reuse_actors=args.no_dashboard)
         # A grid's trials report test accuracy themselves; a search's choice is judged here.
         judged = judge_best(results, config, data) if config.search.kind != "grid" else None
     finally:
