@@ -142,7 +142,11 @@ def run_experiment(
     if args.resume:
         plan = None  # Tune restores its searcher and scheduler from the run folder
         if not can_resume(run_dir):
-            print(f"error: {run_dir} holds no Tune state to resume; start it anew", file=sys.stderr)
+            print(
+                f"error: {run_dir} holds no Tune state to resume (stopped before its first "
+                "trial started); start it again under another --name",
+                file=sys.stderr,
+            )
             return 2
     else:
         run_dir.mkdir(parents=True)
