@@ -41,16 +41,27 @@ def make_image_folder(
     return root
 
 
-def run_script(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run an entry script as a user would, in a fresh process with its own Ray."""
+def script_command(script: str, *args: str) -> dict:
+    """Arguments for subprocess to run an entry script as a user would, with its own Ray."""
     # The script must start its own Ray, not join the test session's.
     drop = ("RAY_ADDRESS", "TUNE_DISABLE_AUTO_INIT")
     env = {k: v for k, v in os.environ.items() if k not in drop}
+    return {"args": [sys.executable, str(REPO / script), *args], "env": env, "cwd": REPO}
+
+
+def run_script(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run an entry script to its end, capturing its output."""
     return subprocess.run(
-        [sys.executable, str(REPO / script), *args],
-        capture_output=True,
+        **script_command(script, *args), capture_output=True, text=True, timeout=timeout
+    )
+
+
+def start_script(script: str, *args: str) -> subprocess.Popen:
+    """Start an entry script in a process group of its own, so a test can kill it and its Ray."""
+    return subprocess.Popen(
+        **script_command(script, *args),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
         text=True,
-        timeout=timeout,
-        env=env,
-        cwd=REPO,
+        start_new_session=True,
     )

@@ -3,8 +3,6 @@
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from pathlib import Path
@@ -13,7 +11,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_script
+from tests.conftest import run_script, start_script
 from tuning.export import EPOCH_FIELDS, TRIAL_FIELDS
 
 
@@ -104,20 +102,6 @@ def test_optuna_smoke_writes_tables_study_and_summary(tmp_path):
     assert "best trial" in proc.stdout and "epochs trained:" in proc.stdout
     assert f"optuna-dashboard sqlite:///{run.resolve()}/study.db" in proc.stdout
     assert (run / "param_importances.png").exists() or "skipped" in (run / "report.md").read_text()
-
-
-def start_script(script: str, *args: str) -> subprocess.Popen:
-    drop = ("RAY_ADDRESS", "TUNE_DISABLE_AUTO_INIT")
-    env = {k: v for k, v in os.environ.items() if k not in drop}
-    return subprocess.Popen(
-        [sys.executable, str(REPO / script), *args],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-        env=env,
-        cwd=REPO,
-        start_new_session=True,  # its own process group: the test can kill it and its Ray
-    )
 
 
 def wait_for(condition, timeout: float = 240) -> None:
