@@ -3,6 +3,7 @@
 import json
 import os
 import signal
+import subprocess
 import time
 import urllib.request
 from pathlib import Path
@@ -15,10 +16,10 @@ from tests.conftest import run_script, start_script
 from tuning.export import EPOCH_FIELDS, TRIAL_FIELDS
 
 
-@pytest.mark.slow
-def test_grid_smoke_writes_the_contract_tables(tmp_path):
+def smoke_run(script: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, Path]:
+    """`--smoke` through an entry script; fails the test unless it exits 0."""
     proc = run_script(
-        "tuning/run_grid.py",
+        f"tuning/{script}",
         "--smoke",
         "--no-dashboard",
         "--results-dir",
@@ -27,7 +28,12 @@ def test_grid_smoke_writes_the_contract_tables(tmp_path):
         "smoke",
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run = tmp_path / "smoke"
+    return proc, tmp_path / "smoke"
+
+
+@pytest.mark.slow
+def test_grid_smoke_writes_the_contract_tables(tmp_path):
+    proc, run = smoke_run("run_grid.py", tmp_path)
     epochs, trials = pq.read_table(run / "epochs.parquet"), pq.read_table(run / "trials.parquet")
     assert set(EPOCH_FIELDS) | {"lr", "batch_size", "seed"} <= set(epochs.column_names)
     assert set(TRIAL_FIELDS) | {"lr", "batch_size", "seed"} <= set(trials.column_names)
@@ -83,17 +89,7 @@ def test_an_existing_run_is_not_overwritten(tmp_path):
 
 @pytest.mark.slow
 def test_optuna_smoke_writes_tables_study_and_summary(tmp_path):
-    proc = run_script(
-        "tuning/run_optuna.py",
-        "--smoke",
-        "--no-dashboard",
-        "--results-dir",
-        str(tmp_path),
-        "--name",
-        "smoke",
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    run = tmp_path / "smoke"
+    proc, run = smoke_run("run_optuna.py", tmp_path)
     trials = pq.read_table(run / "trials.parquet")
     assert trials.num_rows == 2 and pq.read_table(run / "epochs.parquet").num_rows >= 2
     assert {"lr", "batch_size", "hidden", "weight_decay", "optimizer"} <= set(trials.column_names)

@@ -257,7 +257,7 @@ def _is_image(name: str) -> bool:
 
 
 def _decode_image_folder(root: Path, files: list[Path]) -> tuple[dict[str, np.ndarray], list[str]]:
-    classes = sorted(p.name for p in (root / "train").iterdir() if p.is_dir())
+    classes = sorted({f.parent.name for f in files})  # every class folder holds images
     index = {name: i for i, name in enumerate(classes)}
     images = _decode_files(files)
     first = images[0].shape

@@ -8,8 +8,6 @@ import pyarrow as pa
 
 from tuning.export import TRIAL_FIELDS
 
-TRIAL_COLUMNS = set(TRIAL_FIELDS)
-
 # The original experiment's test accuracy after 5 epochs (DESIGN.md).
 ORIGINAL_TEST_ACC = {0.001: 0.4363, 0.0001: 0.4169, 0.01: 0.1000}
 
@@ -52,7 +50,7 @@ def search_summary(
     if best is None:
         lines.append("no trial reported the metric: nothing to choose")
     else:
-        params = [c for c in trials.column_names if c not in TRIAL_COLUMNS]
+        params = [c for c in trials.column_names if c not in TRIAL_FIELDS]
         chosen = ", ".join(
             f"{p}={best[p]:.3g}" if isinstance(best[p], float) else f"{p}={best[p]}" for p in params
         )
