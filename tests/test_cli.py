@@ -42,6 +42,12 @@ def test_grid_smoke_writes_the_contract_tables(tmp_path):
     assert set(trials.column("status").to_pylist()) == {"completed"}
     meta = json.loads(trials.schema.metadata[b"cifar_tune"])
     assert {"python", "torch", "ray", "optuna", "data_fingerprint", "git_commit"} <= set(meta)
+    # Where the time went: every driver phase, and when each trial trained within Tune's fit.
+    timings = meta["timings_s"]
+    assert {"data_load", "ray_start", "data_to_object_store", "trials", "export"} <= set(timings)
+    assert set(timings["training_spans"]) == set(trials.column("trial_id").to_pylist())
+    assert all(0 < a < b < timings["trials"] for a, b in timings["training_spans"].values())
+    assert "time: data load" in proc.stdout
     resolved = yaml.safe_load((run / "config.yaml").read_text())
     assert resolved["data"]["source"] == "synthetic" and resolved["trial"]["epochs"] == 2
     assert (run / "ray").is_dir()

@@ -3,12 +3,13 @@
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from trainable.data import load_dataset
 from tuning.config import ExperimentConfig
 from tuning.export import EPOCH_FIELDS, TRIAL_FIELDS, build_tables
-from tuning.runner import run_tuner
+from tuning.runner import run_tuner, share_data
 from tuning.search import build_plan, param_space
 
 
@@ -70,3 +71,17 @@ def test_tables_hold_one_row_per_epoch_and_trial(grid_run):
         assert row["final_val_acc"] == mine[-1]["val_acc"]
         assert row["train_time_s"] == pytest.approx(sum(e["epoch_time_s"] for e in mine))
         assert 0.1 < row["test_acc"] <= 1
+
+
+def test_shared_data_leaves_the_driver_reading_the_object_stores_copy(ray_session):
+    data = load_dataset(
+        ExperimentConfig.model_validate({"data": {"source": "synthetic"}}).data.spec()
+    )
+    before = {name: getattr(data, name).copy() for name in ("train_x", "val_y", "test_x")}
+    assert data.train_x.flags.writeable  # the driver's own copy
+    shared = share_data(data)
+    for name, array in before.items():
+        # Same values, now read-only views of the object store's pages: no private copy left.
+        assert not getattr(data, name).flags.writeable
+        np.testing.assert_array_equal(getattr(data, name), array)
+    np.testing.assert_array_equal(shared.get().train_x, before["train_x"])

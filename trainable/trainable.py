@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 
 import ray
 import torch
@@ -12,6 +13,17 @@ from trainable.data import DataBundle
 from trainable.loop import Training
 
 CHECKPOINT_FILE = "state.pt"
+
+
+@dataclass(frozen=True)
+class SharedData:
+    """A `DataBundle` the driver put in Ray's object store itself, so that it can read the
+    same copy as the trials (`tuning.runner.share_data`) instead of keeping its own."""
+
+    ref: ray.ObjectRef
+
+    def get(self) -> DataBundle:
+        return ray.get(self.ref)  # zero-copy: read-only views of the object-store pages
 
 
 def choose_device() -> torch.device:
@@ -46,16 +58,20 @@ class CifarTrainable(tune.Trainable):
     """
 
     def setup(
-        self, config: dict, data: DataBundle, threads: int = 1, evaluate_test: bool = True
+        self,
+        config: dict,
+        data: DataBundle | SharedData,
+        threads: int = 1,
+        evaluate_test: bool = True,
     ) -> None:
         """`evaluate_test`: report test accuracy at the last epoch (a grid's table); a search
         leaves the test set to judge only the configuration it chooses."""
         # One thread per CPU Ray gave the trial, or concurrent trials oversubscribe the cores.
         torch.set_num_threads(threads)
-        self.data = data
+        self.data = data.get() if isinstance(data, SharedData) else data
         self.evaluate_test = evaluate_test
         self.device = choose_device()
-        self.training = Training(config, data, self.device)
+        self.training = Training(config, self.data, self.device)
 
     def step(self) -> dict:
         metrics = self.training.train_epoch()

@@ -6,7 +6,6 @@ import argparse
 import os
 import shutil
 import sys
-import time
 from datetime import datetime
 from pathlib import Path
 
@@ -14,6 +13,7 @@ from trainable.data import DataBundle, DataError, load_dataset
 from tuning.config import ConfigError, ExperimentConfig, load_config, smoke_overrides
 from tuning.export import build_tables, run_metadata, write_config, write_run
 from tuning.summary import grid_table, search_summary
+from tuning.timing import Phases
 
 REPO = Path(__file__).resolve().parent.parent
 LOCALHOST = "127.0.0.1"
@@ -110,34 +110,43 @@ def dashboard_warning(args: argparse.Namespace) -> str | None:
 def main(default_config: str, argv: list[str] | None = None) -> int:
     """Run one experiment end to end; 0 on success, 2 on bad input, 1 when a trial failed."""
     args = parse_args(argv)
+    phases = Phases()
     try:
         config, run_dir = resolve_run(args, default_config)
-        start = time.perf_counter()
-        data = load_dataset(config.data.spec())
+        with phases.timed("data_load"):
+            data = load_dataset(config.data.spec())
     except (ConfigError, DataError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(
         f"data: {data.source}, {len(data.train_y)} train / {len(data.val_y)} val / "
         f"{len(data.test_y)} test images of {data.image_shape}, loaded in "
-        f"{time.perf_counter() - start:.1f} s"
+        f"{phases['data_load']:.1f} s"
     )
     try:
-        return run_experiment(args, config, data, run_dir)
+        return run_experiment(args, config, data, run_dir, phases)
     except KeyboardInterrupt:  # a second Ctrl-C: Tune's first one already stopped gracefully
         print(f"\ninterrupted; continue with --resume --name {run_dir.name}", file=sys.stderr)
         return 130
 
 
 def run_experiment(
-    args: argparse.Namespace, config: ExperimentConfig, data: DataBundle, run_dir: Path
+    args: argparse.Namespace,
+    config: ExperimentConfig,
+    data: DataBundle,
+    run_dir: Path,
+    phases: Phases,
 ) -> int:
-    """Plan the search, run it on Ray, judge the choice, export and print the summary."""
+    """Plan the search, run it on Ray, judge the choice, export and print the summary.
+
+    `phases` times each step; the times go into the tables' metadata (benchmarks/bench.py
+    reads them) and onto the console."""
     # Ray's import is slow: here, after the input checks, so bad input is refused at once.
     import ray
 
     from tuning.runner import can_resume, judge_best, run_tuner, start_ray
     from tuning.search import STUDY_FILE, build_plan
+    from tuning.timing import TrainingSpans
 
     if args.resume:
         plan = None  # Tune restores its searcher and scheduler from the run folder
@@ -163,20 +172,33 @@ def run_experiment(
         print(f"Optuna study: optuna-dashboard sqlite:///{(run_dir / STUDY_FILE).resolve()}")
     if warning := dashboard_warning(args):
         print(warning, file=sys.stderr)
-    dashboard = start_ray(args.address, dashboard=not args.no_dashboard, host=args.dashboard_host)
+    with phases.timed("ray_start"):
+        dashboard = start_ray(
+            args.address, dashboard=not args.no_dashboard, host=args.dashboard_host
+        )
     if dashboard:
         print(f"Ray dashboard: {dashboard}")
+    spans = TrainingSpans()
     try:
         # Watched runs get an actor per trial, named in the dashboard; others reuse actors.
-        results = run_tuner(config, data, run_dir, plan, reuse_actors=args.no_dashboard)
-        # A grid's trials report test accuracy themselves; a search's choice is judged here.
-        judged = judge_best(results, config, data) if config.search.kind != "grid" else None
+        results = run_tuner(
+            config, data, run_dir, plan, args.no_dashboard, phases, callbacks=[spans]
+        )
+        judged = None
+        if config.search.kind != "grid":
+            # A grid's trials report test accuracy themselves; a search's choice is judged here.
+            with phases.timed("judge_best"):
+                judged = judge_best(results, config, data)
     finally:
-        ray.shutdown()  # now, not at interpreter exit, where Ray takes seconds longer
+        with phases.timed("ray_shutdown"):
+            ray.shutdown()  # now, not at interpreter exit, where Ray takes seconds longer
     best, test_acc = judged or (None, None)
     best_id = Path(best.path).name if best else None
-    epochs, trials = build_tables(results, config, {best_id: test_acc} if test_acc else {})
-    write_run(run_dir, epochs, trials, config, run_metadata(config, data.fingerprint))
+    with phases.timed("export"):
+        epochs, trials = build_tables(results, config, {best_id: test_acc} if test_acc else {})
+    metadata = run_metadata(config, data.fingerprint)
+    metadata["timings_s"] = {**phases, "training_spans": spans.spans}
+    write_run(run_dir, epochs, trials, config, metadata)
     if config.search.kind == "grid":
         print(f"\n{grid_table(trials)}")
     else:
@@ -186,5 +208,6 @@ def run_experiment(
         from tuning.report import write_report
 
         write_report(run_dir)
-    print(f"\nresults: {run_dir}/ (epochs.parquet, trials.parquet, report.md)")
+    print(f"\ntime: {phases.line()}")
+    print(f"results: {run_dir}/ (epochs.parquet, trials.parquet, report.md)")
     return 1 if "error" in trials.column("status").to_pylist() else 0

@@ -177,7 +177,7 @@ def write_run(
     epochs: pa.Table,
     trials: pa.Table,
     config: ExperimentConfig,
-    metadata: dict[str, str],
+    metadata: dict,
 ) -> None:
     """Write the tables and the resolved config, each atomically (temporary name, then rename)."""
     meta = {b"cifar_tune": json.dumps(metadata).encode()}

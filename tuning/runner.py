@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from pathlib import Path
 
+import numpy as np
 import ray
 import torch
 from ray import tune
 
 from trainable.data import DataBundle
-from trainable.trainable import CifarTrainable, evaluate_checkpoint
+from trainable.trainable import CifarTrainable, SharedData, evaluate_checkpoint
 from tuning.config import ExperimentConfig
 from tuning.search import SearchPlan
+from tuning.timing import Phases
 
 TUNE_FOLDER = "ray"  # Tune's experiment folder inside the run folder
 
@@ -38,11 +41,24 @@ def gpus_per_trial(config: ExperimentConfig) -> float:
     return float(value)
 
 
-def make_trainable(config: ExperimentConfig, data: DataBundle):
+def share_data(data: DataBundle) -> SharedData:
+    """Put `data` in the object store once and point its arrays at that copy.
+
+    Trials read the object store's pages zero-copy; after this the driver reads them too, and
+    its own copy (the size of the dataset) is freed, so a run holds the data once."""
+    shared = SharedData(ray.put(data))
+    stored = shared.get()
+    for field in dataclasses.fields(data):
+        if isinstance(getattr(data, field.name), np.ndarray):
+            setattr(data, field.name, getattr(stored, field.name))
+    return shared
+
+
+def make_trainable(config: ExperimentConfig, data: SharedData | DataBundle):
     """The trainable with its data and run settings bound, and its per-trial resources."""
     cpus = config.resources.cpus_per_trial
     return tune.with_resources(
-        # with_parameters puts the arrays in the object store once for all trials.
+        # with_parameters hands every trial the data (or its object-store reference).
         tune.with_parameters(
             CifarTrainable,
             data=data,
@@ -63,6 +79,8 @@ def run_tuner(
     run_dir: Path,
     plan: SearchPlan | None,
     reuse_actors: bool = True,
+    phases: Phases | None = None,
+    callbacks: list[tune.Callback] | None = None,
 ) -> tune.ResultGrid:
     """Run every trial of the plan, or with no plan continue the run Tune saved in `run_dir`.
 
@@ -72,17 +90,21 @@ def run_tuner(
 
     Tune's state lands in `run_dir / TUNE_FOLDER`. Resuming re-runs no finished trial; unfinished
     ones continue from their last checkpoint, and a searcher (Optuna's study) from its state.
+    `phases` gets the time to put the data in the object store and the time of the trials.
     """
+    phases = Phases() if phases is None else phases
     # num_to_keep forces an experiment-state snapshot after each pruned checkpoint; locally that
     # costs ~10 ms, so Tune's warning about it is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    trainable = make_trainable(config, data)
+    with phases.timed("data_to_object_store"):
+        trainable = make_trainable(config, share_data(data))
     if plan is None:
         path = str((run_dir / TUNE_FOLDER).resolve())
         tuner = tune.Tuner.restore(
             path, trainable=trainable, resume_unfinished=True, resume_errored=True
         )
-        return tuner.fit()
+        with phases.timed("trials"):
+            return tuner.fit()
     tuner = tune.Tuner(
         trainable,
         param_space=plan.param_space,
@@ -107,10 +129,12 @@ def run_tuner(
                 checkpoint_at_end=True,
             ),
             failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
+            callbacks=callbacks,
             verbose=1,
         ),
     )
-    return tuner.fit()
+    with phases.timed("trials"):
+        return tuner.fit()
 
 
 def judge_best(

@@ -1,0 +1,95 @@
+"""The benchmark's own measuring instruments: FLOP count and process-tree memory."""
+
+import subprocess
+import sys
+import time
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from tests.conftest import REPO
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench import mlp_training_flops, report  # noqa: E402
+from process_memory import TreeMemory  # noqa: E402
+
+
+def test_the_floor_counts_the_flops_torch_runs_for_forward_and_backward():
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3072, 128), nn.ReLU(), nn.Linear(128, 10))
+    images, labels = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
+    with FlopCounterMode(display=False) as counter:
+        nn.functional.cross_entropy(model(images), labels).backward()
+    assert counter.get_total_flops() == 64 * mlp_training_flops(3072, 128, 10)
+
+
+def test_tree_memory_sees_a_childs_allocation_and_names_it_a_trial():
+    # A child that holds 200 MiB of its own, with a trial marker in its command line.
+    code = "import time; x = bytearray(200 * 2**20); print('ready', flush=True); time.sleep(30)"
+    child = subprocess.Popen(
+        ["bash", "-c", f'exec -a "ray::FakeTrainable" {sys.executable} -c "{code}"'],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert child.stdout.readline().strip() == "ready"
+        memory = TreeMemory(child.pid, ("Trainable",), interval=0.1)
+        memory.start()
+        time.sleep(0.5)
+        peaks = memory.stop()
+    finally:
+        child.kill()
+        child.wait()
+    assert peaks["most_concurrent_trials"] == 1
+    assert peaks["peak_trial_uss_mib"] >= 200
+    assert peaks["peak_total_mib"] >= peaks["peak_trial_pss_mib"] >= 200
+
+
+def test_the_report_states_each_ratio_the_issue_asks_for():
+    spans = {"a": [5.0, 25.0], "b": [6.0, 26.0], "c": [25.5, 40.0]}  # covered 5..40 = 35 s
+    results = {
+        "machine": {"date": "d", "cpu": "c", "cores": 2, "torch": "t", "ray": "r"},
+        "data_mib": 176,
+        "train_images": 45000,
+        "hardware": {
+            "threads": 2,
+            "matmul_gflops": 100.0,
+            "training_flops_per_sample": 1_000_000,
+            "floor_epoch_s": 0.5,
+        },
+        "epoch": {"ours_s": 1.0, "original_s": 8.0},
+        "grid": {
+            "wall_s": 60.0,
+            "trial_train_s": 48.0,
+            "trials": 3,
+            "timings_s": {
+                "data_load": 1.0,
+                "ray_start": 4.0,
+                "data_to_object_store": 0.2,
+                "trials": 45.0,
+                "ray_shutdown": 1.0,
+                "export": 0.3,
+                "training_spans": spans,
+            },
+            "peak_total_mib": 2000,
+            "peak_trial_pss_mib": 500,
+            "peak_trial_uss_mib": 400,
+            "most_concurrent_trials": 2,
+        },
+        "tutorial": {
+            "wall_s": 240.0,
+            "peak_total_mib": 2600,
+            "peak_trial_pss_mib": 800,
+            "peak_trial_uss_mib": 700,
+        },
+    }
+    text = report(results)
+    assert "8.0x faster" in text  # original 8 s / ours 1 s
+    assert "ours takes 2.00x the floor" in text  # 1 s / 0.5 s
+    assert "0.25x the tutorial way's time" in text  # 60 / 240
+    assert "grid wall / that = 1.25" in text  # 60 / 48
+    assert "first trials' start" in text and " 5.0 s" in text  # the first span began at 5 s
+    assert "Tune between and after" in text and " 5.0 s" in text  # 45 - 35 - 5
+    assert "Python start and imports" in text and "8.5 s" in text  # 60 - 51.5 in the phases
+    # 45000 images x 5 epochs x 3 trials / 35 s covered = 19,286 img/s; floor 100,000 img/s.
+    assert "19,286 img/s" in text and "5.19x away" in text
