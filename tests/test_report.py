@@ -87,6 +87,15 @@ def test_search_report_has_optuna_figures(tmp_path):
             "param_importances.png",
         ],
     )
+    report = (tmp_path / "s" / "report.md").read_text()
+    table = report.split("## Which dimensions mattered")[1].split("##")[0]
+    shares = {
+        line.split("|")[1].strip(): float(line.split("|")[2])
+        for line in table.splitlines()
+        if line.startswith("| ") and "dimension" not in line
+    }
+    assert set(shares) == {"lr", "optimizer"}  # every searched dimension, whatever the family
+    assert sum(shares.values()) == pytest.approx(1, abs=0.01)
 
 
 def test_a_folder_without_tables_is_refused(tmp_path, capsys):
