@@ -4,7 +4,7 @@ import pytest
 
 from tests.conftest import REPO
 from trainable.data import load_dataset
-from tuning.config import ExperimentConfig, load_config
+from tuning.config import ExperimentConfig, load_config, smoke_overrides
 from tuning.export import build_tables
 from tuning.runner import judge_best, run_tuner
 from tuning.search import build_plan
@@ -67,3 +67,10 @@ def test_family_configs_search_the_new_dimensions(name):
     # The first point tried is the trial defaults, inside the space.
     for key, dist in config.search.space.items():
         assert dist.nearest(getattr(config.trial, key)) == getattr(config.trial, key), key
+
+
+@pytest.mark.parametrize("name", ["optuna-cnn.yaml", "optuna-mlp.yaml"])
+def test_family_configs_shrink_for_smoke_runs(name):
+    path = REPO / "configs" / name
+    smoke = load_config(path, smoke_overrides(load_config(path), synthetic=True))
+    assert smoke.trial.epochs == 2 and smoke.trial.warmup < 2

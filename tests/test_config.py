@@ -54,10 +54,6 @@ def write(tmp_path, text: str) -> Path:
         ("trial: {label_smoothing: -0.1}", "trial.label_smoothing"),
         ("trial: {cutout: -4}", "trial.cutout"),
         ("trial: {epochs: 4, warmup: 4}", "warm-up of 4.0 epochs does not end before"),
-        (
-            "trial: {epochs: 10}\nsearch: {kind: optuna, space: {warmup: {uniform: [0, 12]}}}",
-            "warm-up of 12.0 epochs",
-        ),
         ("search: {grid: {epochs: [2, 8]}}\ntrial: {warmup: 3}", "the run's 2 epochs"),
     ],
 )

@@ -67,3 +67,29 @@ def test_fast_paths_chosen_by_device_and_model():
     for device in ("cpu", "cuda"):
         mlp = fast_paths(device, "mlp")
         assert not mlp.channels_last and mlp.autocast is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cnn_trains_on_the_gpu_in_bf16_channels_last_and_restores():
+    import io
+
+    from trainable.data import DataSpec, load_dataset
+    from trainable.loop import Training
+
+    data = load_dataset(DataSpec(source="synthetic", val_size=200, train_subset=600))
+    config = _config(model="cnn", width=8, epochs=2, batch_size=100, augment="crop_flip")
+    cuda = torch.device("cuda")
+    first = Training(config, data, cuda)
+    assert first.train[0].is_cuda  # data and augmentation live on the GPU
+    assert first.model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    first.train_epoch()
+    saved = io.BytesIO()
+    torch.save(first.state_dict(), saved)
+    expected = first.train_epoch()
+    second = Training(config, data, cuda)
+    saved.seek(0)
+    second.load_state_dict(torch.load(saved, map_location=cuda, weights_only=True))
+    got = second.train_epoch()
+    assert torch.isfinite(torch.tensor(got["train_loss"]))
+    assert got["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-3)
