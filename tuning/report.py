@@ -24,6 +24,8 @@ import pyarrow.parquet as pq  # noqa: E402
 from tuning.config import ConfigError, ExperimentConfig, load_config  # noqa: E402
 from tuning.export import atomic_write  # noqa: E402
 
+MIN_TRIALS_FOR_IMPORTANCE = 2  # with fewer, Optuna calls every dimension equally important
+
 
 class ReportError(ValueError):
     """The folder cannot be reported on; the message says why."""
@@ -51,7 +53,13 @@ def write_report(run_dir: Path) -> list[Path]:
         try:
             study = rebuild_study(trials, config)
             figures.update(optuna_figures(study))
-            importances = param_importances(study)
+            if len(study.trials) >= MIN_TRIALS_FOR_IMPORTANCE:
+                importances = param_importances(study)
+            else:
+                notes.append(
+                    f"Parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} trials "
+                    f"with a result; this run has {len(study.trials)}."
+                )
         except (ValueError, RuntimeError) as err:  # e.g. too few finished trials to compare
             notes.append(f"Optuna's figures were skipped: {err}")
     written = []
@@ -157,11 +165,11 @@ def optuna_figures(study) -> dict[str, plt.Figure]:
     """Optuna's history and importance plots of the rebuilt study."""
     from optuna.visualization import matplotlib as optuna_plots
 
+    plots = {"optimization_history.png": optuna_plots.plot_optimization_history}
+    if len(study.trials) >= MIN_TRIALS_FOR_IMPORTANCE:
+        plots["param_importances.png"] = optuna_plots.plot_param_importances
     figures = {}
-    for name, plot in (
-        ("optimization_history.png", optuna_plots.plot_optimization_history),
-        ("param_importances.png", optuna_plots.plot_param_importances),
-    ):
+    for name, plot in plots.items():
         ax = plot(study)
         ax.figure.set_size_inches(7, 4.2)
         ax.figure.tight_layout()
