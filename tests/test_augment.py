@@ -72,6 +72,14 @@ def test_same_seed_same_augmentation_other_seed_other(kind):
     assert torch.equal(first, again) and not torch.equal(first, other)
 
 
+def test_images_smaller_than_the_padding_still_crop():
+    images = torch.randint(0, 256, (16, 3, 3, 3), dtype=torch.uint8)
+    out = crop_flip(images, "crop_flip", _gen())
+    assert out.shape == images.shape
+    for before, after in zip(images, out, strict=True):
+        assert set(after.flatten().tolist()) <= set(before.flatten().tolist())
+
+
 def test_unknown_kind_is_refused():
     with pytest.raises(ValueError, match="unknown augment 'rotate'"):
         crop_flip(torch.zeros(1, 3, 4, 4), "rotate", _gen())

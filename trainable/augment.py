@@ -21,7 +21,8 @@ def _draw(n: int, high: int, like: torch.Tensor, generator: torch.Generator) -> 
 def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
     """Indices outside [0, size) mirrored back in, as reflect padding would (edge not repeated)."""
     index = index.abs()
-    return torch.where(index >= size, 2 * (size - 1) - index, index)
+    # The clamp only matters for images no larger than the padding, where one mirror is short.
+    return torch.where(index >= size, 2 * (size - 1) - index, index).clamp(0, size - 1)
 
 
 def crop_flip(
