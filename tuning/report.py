@@ -235,7 +235,7 @@ def report_markdown(
             "## Which dimensions mattered",
             "",
             f"How much each searched dimension moves the final {config.metric} (Optuna's "
-            f"importance evaluator over the {len(trials)} trials, shares summing to 1; "
+            "importance evaluator over the trials with a result, shares summing to 1; "
             "early-stopped trials count with their last epoch's value).",
             "",
             "| dimension | importance |",
