@@ -47,6 +47,14 @@ def write(tmp_path, text: str) -> Path:
         ("trial: [1, 2]", "trial"),
         ("- a\n- b", "must be a mapping"),
         ("trial: {lr: [unclosed", "not valid YAML"),
+        ("trial: {model: resnet}", "trial.model"),
+        ("trial: {augment: rotate}", "trial.augment"),
+        ("trial: {schedule: step}", "trial.schedule"),
+        ("trial: {dropout: 1}", "trial.dropout"),
+        ("trial: {label_smoothing: -0.1}", "trial.label_smoothing"),
+        ("trial: {cutout: -4}", "trial.cutout"),
+        ("trial: {epochs: 4, warmup: 4}", "warm-up of 4.0 epochs does not end before"),
+        ("search: {grid: {epochs: [2, 8]}}\ntrial: {warmup: 3}", "the run's 2 epochs"),
     ],
 )
 def test_bad_values_are_rejected_with_the_key_named(tmp_path, text, expected):

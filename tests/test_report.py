@@ -87,6 +87,27 @@ def test_search_report_has_optuna_figures(tmp_path):
             "param_importances.png",
         ],
     )
+    report = (tmp_path / "s" / "report.md").read_text()
+    table = report.split("## Which dimensions mattered")[1].split("##")[0]
+    shares = {
+        line.split("|")[1].strip(): float(line.split("|")[2])
+        for line in table.splitlines()
+        if line.startswith("| ") and "dimension" not in line
+    }
+    assert set(shares) == {"lr", "optimizer"}  # every searched dimension, whatever the family
+    assert sum(shares.values()) == pytest.approx(1, abs=0.01)
+
+
+def test_one_trial_gets_no_importances(tmp_path):
+    space = {"lr": {"loguniform": [1e-4, 1e-2]}}
+    fake_run(
+        tmp_path / "one", {"kind": "optuna", "space": space}, [("a", 1e-3, "adam", 3, 0.5, 0.5)]
+    )
+    write_report(tmp_path / "one")
+    report = (tmp_path / "one" / "report.md").read_text()
+    assert "importances need at least 2 trials" in report
+    assert "Which dimensions mattered" not in report
+    assert not (tmp_path / "one" / "param_importances.png").exists()
 
 
 def test_a_folder_without_tables_is_refused(tmp_path, capsys):

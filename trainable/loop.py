@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
+from trainable.augment import crop_flip, cutout
 from trainable.data import DataBundle
 from trainable.models import build_model
+from trainable.schedules import lr_at
 
 # Evaluation needs no gradients, so large batches cost fewer dispatches; 1024 keeps a trial's
 # transient memory small (a 1024-image float batch is 12 MiB).
@@ -41,6 +45,27 @@ def make_optimizer(config: dict, params) -> torch.optim.Optimizer:
     raise ValueError(f"unknown optimizer {name!r}")
 
 
+@dataclass(frozen=True)
+class FastPaths:
+    """Memory layout and precision for a model on a device."""
+
+    channels_last: bool
+    autocast: torch.dtype | None  # None: full float32
+
+
+def fast_paths(device_type: str, model: str) -> FastPaths:
+    """What speeds up `model` on `device_type` without costing accuracy.
+
+    Convolutions only: channels-last lets cuDNN and oneDNN pick their fastest kernels (on
+    2 CPU cores the CNN's training step is 1.2× faster); bf16 autocast only on CUDA, where
+    tensor cores run it, while a CPU without bf16 units would emulate it slowly. The MLP is a
+    few matrix products: neither helps it, and its results stay bit-identical.
+    """
+    if model != "cnn":
+        return FastPaths(channels_last=False, autocast=None)
+    return FastPaths(channels_last=True, autocast=torch.bfloat16 if device_type == "cuda" else None)
+
+
 class Training:
     """One trial's model, optimiser, data on its device, and position in the schedule."""
 
@@ -48,10 +73,16 @@ class Training:
         self.config = config
         self.device = device
         torch.manual_seed(config["seed"])
-        self.model = build_model(config, data.image_shape, len(data.classes)).to(device)
+        self.fast = fast_paths(device.type, config["model"])
+        model = build_model(config, data.image_shape, len(data.classes)).to(device)
+        if self.fast.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
         self.optimizer = make_optimizer(config, self.model.parameters())
         # Shuffling has its own generator so its stream is saved and restored exactly.
         self.shuffle = torch.Generator().manual_seed(config["seed"])
+        # Augmentation draws on the data's device, from a stream of its own (saved too).
+        self.augment_rng = torch.Generator(device=device).manual_seed(config["seed"])
         self.epoch = 0
         self.train = (as_tensor(data.train_x, device), as_tensor(data.train_y, device))
         self.val = (as_tensor(data.val_x, device), as_tensor(data.val_y, device))
@@ -69,14 +100,33 @@ class Training:
 
     def normalise(self, images: torch.Tensor) -> torch.Tensor:
         # uint8 in, float out of the one op: no float copy of the raw batch in between.
-        flat = torch.addcmul(self.shift, images.flatten(1), self.scale)
-        return flat.view(images.shape)
+        x = torch.addcmul(self.shift, images.flatten(1), self.scale).view(images.shape)
+        return x.contiguous(memory_format=torch.channels_last) if self.fast.channels_last else x
+
+    def autocast(self) -> contextlib.AbstractContextManager:
+        """bf16 autocast where `fast_paths` chose it, else nothing."""
+        if self.fast.autocast is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.fast.autocast)
+
+    def training_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Images (normalised, augmented as configured) and labels at the indices `batch`."""
+        images, labels = self.train
+        # Crops and flips on uint8, before normalising; cutout after, so its 0 is the mean.
+        # index_select, not images[batch]: a tenth of the time for the same rows.
+        x = images.index_select(0, batch)
+        x = crop_flip(x, self.config.get("augment", "none"), self.augment_rng)
+        x = self.normalise(x)
+        if self.config.get("cutout", 0):
+            x = cutout(x, self.config["cutout"], self.augment_rng)
+        return x, labels.index_select(0, batch)
 
     def train_epoch(self) -> dict[str, float]:
         """One pass over the shuffled training split; returns loss, accuracy and its time."""
         start = time.perf_counter()
-        images, labels = self.train
+        labels = self.train[1]
         batch_size = self.config["batch_size"]
+        smoothing = self.config.get("label_smoothing", 0.0)
         order = torch.randperm(len(labels), generator=self.shuffle).to(self.device)
         batches = order.split(batch_size)
         self.model.train()
@@ -88,11 +138,10 @@ class Training:
             if step % DIVERGENCE_CHECK == 0 and not torch.isfinite(loss_sum):
                 break  # a non-finite loss does not come back: stop the epoch now
             self.set_lr(self.epoch + step / len(batches))
-            # index_select, not images[batch]: a tenth of the time for the same rows.
-            x = self.normalise(images.index_select(0, batch))
-            y = labels.index_select(0, batch)
-            logits = self.model(x)
-            loss = F.cross_entropy(logits, y)
+            x, y = self.training_batch(batch)
+            with self.autocast():
+                logits = self.model(x)
+                loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             self.optimizer.step()
@@ -110,11 +159,8 @@ class Training:
         }
 
     def set_lr(self, progress: float) -> None:
-        """The learning rate at `progress` epochs into the run, as the schedule says."""
-        lr = self.config["lr"]
-        if self.config["schedule"] == "cosine":
-            # From lr down to 0 over the whole run, stepped every batch.
-            lr *= 0.5 * (1 + math.cos(math.pi * progress / self.config["epochs"]))
+        """Set the learning rate for `progress` epochs into the run, as the schedule says."""
+        lr = lr_at(self.config, progress)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
@@ -126,8 +172,10 @@ class Training:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         for x, y in zip(images.split(EVAL_BATCH), labels.split(EVAL_BATCH), strict=True):
-            logits = self.model(self.normalise(x))
-            loss_sum += F.cross_entropy(logits, y, reduction="sum")
+            with self.autocast():
+                logits = self.model(self.normalise(x))
+            # The loss in float32 and without label smoothing: comparable across trials.
+            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
             correct += (logits.argmax(1) == y).sum()
         return {
             f"{split}_loss": loss_sum.item() / len(labels),
@@ -141,7 +189,14 @@ class Training:
             "optimizer": self.optimizer.state_dict(),
             "epoch": self.epoch,
             "shuffle_rng": self.shuffle.get_state(),
+            "augment_rng": self.augment_rng.get_state(),
             "torch_rng": torch.get_rng_state(),
+            # Dropout on a GPU draws from CUDA's stream, not the CPU one above.
+            **(
+                {"cuda_rng": torch.cuda.get_rng_state(self.device)}
+                if self.device.type == "cuda"
+                else {}
+            ),
         }
 
     def load_state_dict(self, state: dict) -> None:
@@ -153,5 +208,10 @@ class Training:
             group["weight_decay"] = self.config["weight_decay"]
         self.set_lr(self.epoch)
         self.epoch = state["epoch"]
-        self.shuffle.set_state(state["shuffle_rng"])
-        torch.set_rng_state(state["torch_rng"])
+        # RNG states must be CPU byte tensors, even where the checkpoint was mapped to a GPU.
+        self.shuffle.set_state(state["shuffle_rng"].cpu())
+        if "augment_rng" in state:  # checkpoints from before augmentation lack it
+            self.augment_rng.set_state(state["augment_rng"].cpu())
+        torch.set_rng_state(state["torch_rng"].cpu())
+        if "cuda_rng" in state and self.device.type == "cuda":
+            torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)

@@ -101,5 +101,7 @@ class CifarTrainable(tune.Trainable):
     def __repr__(self) -> str:
         # The Ray dashboard lists actors by repr: make each trial's row recognisable.
         config = getattr(self, "config", None) or {}
-        shown = ", ".join(f"{k}={config[k]}" for k in ("lr", "batch_size", "seed") if k in config)
+        shown = ", ".join(
+            f"{k}={config[k]}" for k in ("model", "lr", "batch_size", "seed") if k in config
+        )
         return f"CifarTrainable({getattr(self, '_trial_info', None) and self.trial_id}: {shown})"

@@ -37,14 +37,22 @@ class DataConfig(Strict):
 class TrialConfig(Strict):
     """Everything one trial needs; each field can be searched over."""
 
-    model: Literal["mlp"] = "mlp"
-    hidden: int = Field(128, ge=1)
+    model: Literal["mlp", "cnn"] = "mlp"
+    hidden: int = Field(128, ge=1)  # mlp: units per hidden layer
+    depth: int = Field(1, ge=1)  # mlp: hidden layers; 1 is the original network
+    dropout: float = Field(0.0, ge=0, lt=1)  # mlp: after each hidden layer; 0 = none
+    width: int = Field(32, ge=1)  # cnn: stem channels; the stages have 2× and 4× this
     optimizer: Literal["adam", "adamw", "sgd"] = "adam"  # sgd uses Nesterov momentum 0.9
-    lr: float = Field(0.001, gt=0)
+    lr: float = Field(0.001, gt=0)  # the peak rate: reached after warm-up
     batch_size: int = Field(64, ge=1)
     epochs: int = Field(5, ge=1)
     weight_decay: float = Field(0.0, ge=0)
-    schedule: Literal["constant", "cosine"] = "constant"  # cosine: lr → 0 over the run
+    # constant | cosine: lr → 0 over the run | onecycle: lr → 0 linearly; all stepped per batch
+    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
+    warmup: float = Field(0.0, ge=0)  # epochs of linear warm-up from 0 to lr, before the schedule
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # training loss only; val/test loss are plain
+    augment: Literal["none", "flip", "crop_flip"] = "none"  # crop: shift ≤ 4 px, reflected edges
+    cutout: int = Field(0, ge=0)  # side in pixels of a square zeroed in each training image
     normalize: Literal["channel", "none"] = "channel"  # none = scale to [0, 1], as the original
     seed: int = 0
 
@@ -202,12 +210,24 @@ class ExperimentConfig(Strict):
             # A grid compares every point in full; a search stops weak trials (ASHA).
             self.scheduler.kind = "fifo" if self.search.kind == "grid" else "asha"
         epochs = max([self.trial.epochs, *self.search.grid.get("epochs", [])])
+        self._check_warmup()
         if self.scheduler.kind != "fifo" and self.scheduler.grace_period >= epochs:
             raise ValueError(
                 f"scheduler.grace_period ({self.scheduler.grace_period}) must be below "
                 f"trial.epochs ({epochs}), or no trial can be stopped early"
             )
         return self
+
+    def _check_warmup(self) -> None:
+        """A warm-up the user wrote must end before the run does. (One a search draws may
+        not, e.g. in a `--smoke` run's 2 epochs: the rate then rises for the whole run.)"""
+        epochs = min([self.trial.epochs, *self.search.grid.get("epochs", [])])
+        warmup = max([self.trial.warmup, *self.search.grid.get("warmup", [])])
+        if warmup >= epochs:
+            raise ValueError(
+                f"warm-up of {warmup} epochs does not end before the run's {epochs} epochs; "
+                "lower trial.warmup (or its grid values) or raise trial.epochs"
+            )
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:

@@ -24,6 +24,8 @@ import pyarrow.parquet as pq  # noqa: E402
 from tuning.config import ConfigError, ExperimentConfig, load_config  # noqa: E402
 from tuning.export import atomic_write  # noqa: E402
 
+MIN_TRIALS_FOR_IMPORTANCE = 2  # with fewer, Optuna calls every dimension equally important
+
 
 class ReportError(ValueError):
     """The folder cannot be reported on; the message says why."""
@@ -46,10 +48,18 @@ def write_report(run_dir: Path) -> list[Path]:
         "learning_curves.png": learning_curves(epochs, config),
         "accuracy_vs_lr.png": accuracy_vs_lr(trials),
     }
-    notes = []
+    notes, importances = [], {}
     if config.search.kind != "grid":
         try:
-            figures.update(optuna_figures(trials, config))
+            study = rebuild_study(trials, config)
+            figures.update(optuna_figures(study))
+            if len(study.trials) >= MIN_TRIALS_FOR_IMPORTANCE:
+                importances = param_importances(study)
+            else:
+                notes.append(
+                    f"Parameter importances need at least {MIN_TRIALS_FOR_IMPORTANCE} trials "
+                    f"with a result; this run has {len(study.trials)}."
+                )
         except (ValueError, RuntimeError) as err:  # e.g. too few finished trials to compare
             notes.append(f"Optuna's figures were skipped: {err}")
     written = []
@@ -57,7 +67,7 @@ def write_report(run_dir: Path) -> list[Path]:
         atomic_write(run_dir / name, lambda path, f=figure: f.savefig(path, dpi=110, format="png"))
         plt.close(figure)
         written.append(run_dir / name)
-    text = report_markdown(run_dir.name, trials, config, list(figures), notes)
+    text = report_markdown(run_dir.name, trials, config, list(figures), notes, importances)
     atomic_write(run_dir / "report.md", lambda path: path.write_text(text))
     return [*written, run_dir / "report.md"]
 
@@ -120,10 +130,9 @@ def accuracy_vs_lr(trials: list[dict]) -> plt.Figure:
     return fig
 
 
-def optuna_figures(trials: list[dict], config: ExperimentConfig) -> dict[str, plt.Figure]:
-    """Optuna's history and importance plots, on a study rebuilt from the trials table."""
+def rebuild_study(trials: list[dict], config: ExperimentConfig):
+    """An in-memory Optuna study holding every trial of the table that has the metric."""
     import optuna
-    from optuna.visualization import matplotlib as optuna_plots
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
@@ -138,11 +147,29 @@ def optuna_figures(trials: list[dict], config: ExperimentConfig) -> dict[str, pl
         study.add_trial(
             optuna.trial.create_trial(params=params, distributions=distributions, value=value)
         )
+    return study
+
+
+def param_importances(study) -> dict[str, float]:
+    """Each searched dimension's importance, largest first, summing to 1.
+
+    Optuna's default evaluator, as in `param_importances.png`: PED-ANOVA in Optuna 5, which
+    needs no scikit-learn.
+    """
+    import optuna
+
+    return dict(optuna.importance.get_param_importances(study))
+
+
+def optuna_figures(study) -> dict[str, plt.Figure]:
+    """Optuna's history and importance plots of the rebuilt study."""
+    from optuna.visualization import matplotlib as optuna_plots
+
+    plots = {"optimization_history.png": optuna_plots.plot_optimization_history}
+    if len(study.trials) >= MIN_TRIALS_FOR_IMPORTANCE:
+        plots["param_importances.png"] = optuna_plots.plot_param_importances
     figures = {}
-    for name, plot in (
-        ("optimization_history.png", optuna_plots.plot_optimization_history),
-        ("param_importances.png", optuna_plots.plot_param_importances),
-    ):
+    for name, plot in plots.items():
         ax = plot(study)
         ax.figure.set_size_inches(7, 4.2)
         ax.figure.tight_layout()
@@ -168,7 +195,12 @@ def to_optuna(dist):
 
 
 def report_markdown(
-    name: str, trials: list[dict], config: ExperimentConfig, figures: list[str], notes: list[str]
+    name: str,
+    trials: list[dict],
+    config: ExperimentConfig,
+    figures: list[str],
+    notes: list[str],
+    importances: dict[str, float] | None = None,
 ) -> str:
     columns = [
         "trial_id",
@@ -198,6 +230,19 @@ def report_markdown(
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(t.get(c)) for c in columns) + " |" for t in ranked]
     lines.append("")
+    if importances:
+        lines += [
+            "## Which dimensions mattered",
+            "",
+            f"How much each searched dimension moves the final {config.metric} (Optuna's "
+            "importance evaluator over the trials with a result, shares summing to 1; "
+            "early-stopped trials count with their last epoch's value).",
+            "",
+            "| dimension | importance |",
+            "|---|---|",
+            *[f"| {key} | {value:.3f} |" for key, value in importances.items()],
+            "",
+        ]
     for figure in figures:
         title = figure.removesuffix(".png").replace("_", " ")
         lines += [f"## {title}", "", f"![{title}]({figure})", ""]

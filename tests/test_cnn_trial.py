@@ -1,0 +1,76 @@
+"""A CNN trial with augmentation and a one-cycle schedule, end to end through Ray Tune."""
+
+import pytest
+
+from tests.conftest import REPO
+from trainable.data import load_dataset
+from tuning.config import ExperimentConfig, load_config, smoke_overrides
+from tuning.export import build_tables
+from tuning.runner import judge_best, run_tuner
+from tuning.search import build_plan
+
+
+@pytest.mark.slow
+def test_cnn_smoke_search_through_ray(ray_session, tmp_path):
+    config = ExperimentConfig.model_validate(
+        {
+            "data": {
+                "source": "synthetic",
+                "train_subset": 600,
+                "val_size": 200,
+                "test_subset": 200,
+            },
+            "trial": {
+                "model": "cnn",
+                "width": 8,
+                "epochs": 2,
+                "batch_size": 100,
+                "optimizer": "sgd",
+                "lr": 0.05,
+                "schedule": "onecycle",
+                "warmup": 0.5,
+                "augment": "crop_flip",
+                "cutout": 4,
+                "label_smoothing": 0.1,
+            },
+            "search": {
+                "kind": "optuna",
+                "num_samples": 2,
+                "max_concurrent": 2,
+                "space": {
+                    "width": {"choice": [4, 8]},
+                    "augment": {"choice": ["flip", "crop_flip"]},
+                },
+            },
+            "scheduler": {"kind": "fifo"},
+        }
+    )
+    data = load_dataset(config.data.spec())
+    results = run_tuner(config, data, tmp_path, build_plan(config, tmp_path))
+    assert len(results) == 2 and not results.errors
+    epochs, trials = build_tables(results, config)
+    assert epochs.num_rows == 4
+    assert set(trials.column("model").to_pylist()) == {"cnn"}
+    assert {"width", "augment", "cutout", "warmup", "label_smoothing"} <= set(trials.column_names)
+    best, test_acc = judge_best(results, config, data)
+    assert best.config["model"] == "cnn" and 0 <= test_acc <= 1
+
+
+@pytest.mark.parametrize("name", ["optuna-cnn.yaml", "optuna-mlp.yaml"])
+def test_family_configs_search_the_new_dimensions(name):
+    config = load_config(REPO / "configs" / name)
+    family = "cnn" if "cnn" in name else "mlp"
+    assert config.trial.model == family and config.scheduler.kind == "asha"
+    new = {"augment", "label_smoothing", "schedule", "warmup"}
+    new |= {"width"} if family == "cnn" else {"depth", "dropout"}
+    assert new <= set(config.search.space)
+    # The first point tried is the trial defaults, inside the space.
+    for key, dist in config.search.space.items():
+        assert dist.nearest(getattr(config.trial, key)) == getattr(config.trial, key), key
+
+
+@pytest.mark.parametrize("name", ["optuna-cnn.yaml", "optuna-mlp.yaml"])
+def test_family_configs_shrink_for_smoke_runs(name):
+    path = REPO / "configs" / name
+    smoke = load_config(path, smoke_overrides(load_config(path), synthetic=True))
+    assert smoke.trial.epochs == 2 and smoke.trial.warmup < 2

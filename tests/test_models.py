@@ -1,0 +1,95 @@
+"""Every model's forward and backward shapes, and the choices that depend on the device."""
+
+import pytest
+import torch
+
+from trainable.loop import fast_paths
+from trainable.models import build_model
+from tuning.config import TrialConfig
+
+
+def _config(**fields) -> dict:
+    return TrialConfig(**fields).model_dump()
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"model": "mlp"},
+        {"model": "mlp", "hidden": 64, "depth": 3, "dropout": 0.2},
+        {"model": "cnn", "width": 8},
+        {"model": "cnn", "width": 16},
+    ],
+)
+@pytest.mark.parametrize("shape", [(3, 32, 32), (3, 8, 8)])
+def test_forward_and_backward_shapes(fields, shape):
+    model = build_model(_config(**fields), shape, 10)
+    x = torch.randn(4, *shape, requires_grad=True)
+    out = model(x)
+    assert out.shape == (4, 10)
+    out.square().sum().backward()
+    assert x.grad.shape == x.shape
+    for name, param in model.named_parameters():
+        assert param.grad is not None and param.grad.shape == param.shape, name
+
+
+def test_mlp_depth_and_dropout_build_the_layers_asked_for():
+    model = build_model(_config(hidden=64, depth=3, dropout=0.25), (3, 32, 32), 10)
+    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    assert [(m.in_features, m.out_features) for m in linears] == [
+        (3072, 64),
+        (64, 64),
+        (64, 64),
+        (64, 10),
+    ]
+    dropouts = [m.p for m in model if isinstance(m, torch.nn.Dropout)]
+    assert dropouts == [0.25] * 3
+    model.eval()  # dropout off: the same input gives the same output
+    x = torch.randn(2, 3, 32, 32)
+    assert torch.equal(model(x), model(x))
+
+
+def test_cnn_width_scales_its_channels():
+    narrow = build_model(_config(model="cnn", width=8), (3, 32, 32), 10)
+    wide = build_model(_config(model="cnn", width=16), (3, 32, 32), 10)
+    count = lambda m: sum(p.numel() for p in m.parameters())  # noqa: E731
+    assert narrow[0].out_channels == 8 and wide[0].out_channels == 16
+    assert 3.5 < count(wide) / count(narrow) < 4.1  # conv weights grow with width²
+    assert narrow[-1].in_features == 32  # the last stage has 4× the stem's channels
+
+
+def test_fast_paths_chosen_by_device_and_model():
+    # The CUDA decision is a pure function, so it is checked here without a GPU.
+    cuda_cnn = fast_paths(torch.device("cuda").type, "cnn")
+    assert cuda_cnn.channels_last and cuda_cnn.autocast is torch.bfloat16
+    cpu_cnn = fast_paths("cpu", "cnn")
+    assert cpu_cnn.channels_last and cpu_cnn.autocast is None
+    for device in ("cpu", "cuda"):
+        mlp = fast_paths(device, "mlp")
+        assert not mlp.channels_last and mlp.autocast is None
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_cnn_trains_on_the_gpu_in_bf16_channels_last_and_restores():
+    import io
+
+    from trainable.data import DataSpec, load_dataset
+    from trainable.loop import Training
+
+    data = load_dataset(DataSpec(source="synthetic", val_size=200, train_subset=600))
+    config = _config(model="cnn", width=8, epochs=2, batch_size=100, augment="crop_flip")
+    cuda = torch.device("cuda")
+    first = Training(config, data, cuda)
+    assert first.train[0].is_cuda  # data and augmentation live on the GPU
+    assert first.model[0].weight.is_contiguous(memory_format=torch.channels_last)
+    first.train_epoch()
+    saved = io.BytesIO()
+    torch.save(first.state_dict(), saved)
+    expected = first.train_epoch()
+    second = Training(config, data, cuda)
+    saved.seek(0)
+    second.load_state_dict(torch.load(saved, map_location=cuda, weights_only=True))
+    got = second.train_epoch()
+    assert torch.isfinite(torch.tensor(got["train_loss"]))
+    assert got["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-3)
