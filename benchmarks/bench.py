@@ -28,16 +28,13 @@ import time
 from datetime import datetime, timezone
 from pathlib import Path
 
+import psutil
 import pyarrow.parquet as pq
 import torch
 from process_memory import TreeMemory
-from torch import nn
-from torch.utils.data import DataLoader, random_split
-from torchvision import transforms
-from tutorial_grid import UncheckedCIFAR10, as_torchvision_files
+from tutorial_grid import as_torchvision_files
 
 from trainable.data import DataSpec, load_dataset
-from trainable.loop import Training
 from tuning.config import load_config
 from tuning.timing import covered_s
 
@@ -89,32 +86,27 @@ def mlp_training_flops(inputs: int, hidden: int, classes: int) -> int:
     return forward + forward + 2 * hidden * classes
 
 
-def epoch_ours(data, config: dict, threads: int, epochs: int = 3) -> float:
-    """Median epoch time of our loop (training only, like the original's epoch)."""
-    torch.set_num_threads(threads)
-    training = Training(config, data, torch.device("cpu"))
-    return statistics.median(training.train_epoch()["epoch_time_s"] for _ in range(epochs))
+def epoch_time(way: str, data_dir: str, threads: int, cache_dir: str | None) -> float:
+    """One way's epoch time, measured in a fresh process that imports only what it needs."""
+    command = [sys.executable, str(REPO / "benchmarks" / "epoch_time.py"), way, data_dir]
+    command += ["--threads", str(threads)] + (["--cache-dir", cache_dir] if cache_dir else [])
+    out = subprocess.run(command, capture_output=True, text=True, check=False)
+    if out.returncode != 0:
+        sys.exit(f"bench: the {way} epoch failed:\n{out.stderr[-2000:]}")
+    return float(out.stdout.split()[-1])
 
 
-def epoch_original(cifar_dir: str, threads: int) -> float:
-    """One epoch the original way: torchvision's CIFAR10 dataset (a PIL image per sample,
-    ToTensor, Normalize), a shuffling DataLoader of batch 64, the same MLP, plain Adam."""
-    torch.set_num_threads(threads)
-    torch.manual_seed(0)
-    transform = transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
+def bare_worker_mib() -> int:
+    """Own memory (USS) of a process that has imported what a trial imports and nothing else:
+    the fixed cost of a trial's process, whatever its data."""
+    code = "import torch, ray.tune, trainable.trainable; print('ready', flush=True); input()"
+    child = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
-    full = UncheckedCIFAR10(cifar_dir, train=True, transform=transform)
-    train, _ = random_split(full, [45000, 5000], generator=torch.Generator().manual_seed(0))
-    loader = DataLoader(train, batch_size=64, shuffle=True)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(3072, 128), nn.ReLU(), nn.Linear(128, 10))
-    optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    start = time.perf_counter()
-    for images, labels in loader:
-        optimizer.zero_grad()
-        nn.functional.cross_entropy(model(images), labels).backward()
-        optimizer.step()
-    return time.perf_counter() - start
+    child.stdout.readline()
+    uss = psutil.Process(child.pid).memory_full_info().uss
+    child.communicate("\n")
+    return round(uss / MIB)
 
 
 def timed_command(args: list[str], trial_markers: tuple[str, ...], log: Path) -> dict:
@@ -244,7 +236,12 @@ def report(results: dict) -> str:
         (
             "memory, one trial (PSS / own)",
             f"{ours['peak_trial_pss_mib']} / {ours['peak_trial_uss_mib']} MiB",
-            f"dataset {results['data_mib']} MiB",
+            f"dataset {results['data_mib']} MiB; a bare torch+Ray process {results['bare_mib']}",
+        ),
+        (
+            "  the data it maps, shared",
+            f"{ours.get('peak_trial_object_store_mib', 0)} MiB",
+            "object-store pages, not a copy",
         ),
         (
             "memory, tutorial way (PSS)",
@@ -285,6 +282,7 @@ def main() -> None:
         "machine": machine(),
         "data_mib": round(sum(a.nbytes for a in arrays) / MIB),
         "train_images": len(data.train_y),
+        "bare_mib": bare_worker_mib(),
     }
 
     gflops = matmul_gflops(args.threads)
@@ -298,12 +296,11 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bench_"))
     try:
         cifar_dir = as_torchvision_files(data_dir, str(work / "cifar"))  # untimed conversion
-        config = {**GRID.trial.model_dump(), "lr": 0.001}
+        del data  # each measurement loads its own
         results["epoch"] = {
-            "ours_s": round(epoch_ours(data, config, args.threads), 3),
-            "original_s": round(epoch_original(cifar_dir, args.threads), 3),
+            "ours_s": round(epoch_time("ours", data_dir, args.threads, args.cache_dir), 3),
+            "original_s": round(epoch_time("original", cifar_dir, args.threads, None), 3),
         }
-        del data  # the grids load their own
         results["grid"] = grid_ours(data_dir, cache, work, ["--set", SEED0])
         results["tutorial"] = grid_tutorial(cifar_dir, work)
         if torch.cuda.is_available():

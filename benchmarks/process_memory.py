@@ -15,6 +15,15 @@ def proportional_set_size(process: psutil.Process) -> tuple[int, int]:
     return info.pss, info.uss
 
 
+def object_store_rss(process: psutil.Process) -> int:
+    """Bytes of Ray's object store (a shared-memory file named plasma…) resident in `process`."""
+    try:
+        maps = process.memory_maps(grouped=True)
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return 0
+    return sum(m.rss for m in maps if "plasma" in m.path)
+
+
 class TreeMemory(threading.Thread):
     """Samples a process and all its descendants every `interval` seconds until stopped.
 
@@ -29,6 +38,7 @@ class TreeMemory(threading.Thread):
         self.peak_total = 0
         self.peak_trial_pss = 0
         self.peak_trial_uss = 0
+        self.peak_trial_store = 0  # object-store pages a trial maps: the data, read not copied
         self.most_trials = 0  # the most trial workers alive at one sample
         self._finished = threading.Event()
 
@@ -54,6 +64,7 @@ class TreeMemory(threading.Thread):
                 trials += 1
                 self.peak_trial_pss = max(self.peak_trial_pss, pss)
                 self.peak_trial_uss = max(self.peak_trial_uss, uss)
+                self.peak_trial_store = max(self.peak_trial_store, object_store_rss(process))
         self.peak_total = max(self.peak_total, total)
         self.most_trials = max(self.most_trials, trials)
 
@@ -65,5 +76,6 @@ class TreeMemory(threading.Thread):
             "peak_total_mib": round(self.peak_total / mib),
             "peak_trial_pss_mib": round(self.peak_trial_pss / mib),
             "peak_trial_uss_mib": round(self.peak_trial_uss / mib),
+            "peak_trial_object_store_mib": round(self.peak_trial_store / mib),
             "most_concurrent_trials": self.most_trials,
         }

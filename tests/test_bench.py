@@ -51,6 +51,7 @@ def test_the_report_states_each_ratio_the_issue_asks_for():
         "machine": {"date": "d", "cpu": "c", "cores": 2, "torch": "t", "ray": "r"},
         "data_mib": 176,
         "train_images": 45000,
+        "bare_mib": 360,
         "hardware": {
             "threads": 2,
             "matmul_gflops": 100.0,
