@@ -1,6 +1,7 @@
 """The trainable under real Ray Tune, and the tables built from what it reported."""
 
 import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -70,3 +71,15 @@ def test_tables_hold_one_row_per_epoch_and_trial(grid_run):
         assert row["final_val_acc"] == mine[-1]["val_acc"]
         assert row["train_time_s"] == pytest.approx(sum(e["epoch_time_s"] for e in mine))
         assert 0.1 < row["test_acc"] <= 1
+
+
+def test_trials_record_where_they_ran(grid_run, ray_session):
+    config, _, results = grid_run
+    _, trials = build_tables(results, config)
+    node = ray_session.get_runtime_context().get_node_id()
+    for row in trials.to_pylist():
+        assert (row["node_id"], row["hostname"], row["device"]) == (
+            node,
+            socket.gethostname(),
+            "cpu",
+        )
