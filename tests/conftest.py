@@ -41,25 +41,28 @@ def make_image_folder(
     return root
 
 
-def script_command(script: str, *args: str) -> dict:
-    """Arguments for subprocess to run an entry script as a user would, with its own Ray."""
+def script_command(script: str, *args: str, env: dict | None = None) -> dict:
+    """Arguments for subprocess to run an entry script as a user would, with its own Ray;
+    `env` adds to the environment."""
     # The script must start its own Ray, not join the test session's.
     drop = ("RAY_ADDRESS", "TUNE_DISABLE_AUTO_INIT")
-    env = {k: v for k, v in os.environ.items() if k not in drop}
+    env = {**{k: v for k, v in os.environ.items() if k not in drop}, **(env or {})}
     return {"args": [sys.executable, str(REPO / script), *args], "env": env, "cwd": REPO}
 
 
-def run_script(script: str, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_script(
+    script: str, *args: str, timeout: float = 300, env: dict | None = None
+) -> subprocess.CompletedProcess:
     """Run an entry script to its end, capturing its output."""
     return subprocess.run(
-        **script_command(script, *args), capture_output=True, text=True, timeout=timeout
+        **script_command(script, *args, env=env), capture_output=True, text=True, timeout=timeout
     )
 
 
-def start_script(script: str, *args: str) -> subprocess.Popen:
+def start_script(script: str, *args: str, env: dict | None = None) -> subprocess.Popen:
     """Start an entry script in a process group of its own, so a test can kill it and its Ray."""
     return subprocess.Popen(
-        **script_command(script, *args),
+        **script_command(script, *args, env=env),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

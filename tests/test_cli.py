@@ -67,6 +67,9 @@ def test_grid_smoke_writes_the_contract_tables(tmp_path):
         ("run_optuna.py", ["--set", "search.space={}"], "needs a non-empty search.space"),
         ("run_optuna.py", ["--set", "search.kind=grid"], "a grid uses search.grid"),
         ("run_optuna.py", ["--set", "scheduler.kind=bohb"], "scheduler.kind"),
+        ("run_grid.py", ["--smoke", "--storage", "nope://bucket/runs"], "cannot be opened"),
+        ("run_grid.py", ["--smoke", "--set", "run.storage=runs"], "must be an absolute path"),
+        ("run_grid.py", ["--smoke", "--address", "127.0.0.1:1"], "no Ray cluster answers"),
     ],
 )
 def test_bad_input_exits_2_without_traceback_or_files(tmp_path, script, args, expected):

@@ -1,6 +1,7 @@
 """The trainable under real Ray Tune, and the tables built from what it reported."""
 
 import json
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -85,3 +86,15 @@ def test_shared_data_leaves_the_driver_reading_the_object_stores_copy(ray_sessio
         assert not getattr(data, name).flags.writeable
         np.testing.assert_array_equal(getattr(data, name), array)
     np.testing.assert_array_equal(shared.get().train_x, before["train_x"])
+
+
+def test_trials_record_where_they_ran(grid_run, ray_session):
+    config, _, results = grid_run
+    _, trials = build_tables(results, config)
+    node = ray_session.get_runtime_context().get_node_id()
+    for row in trials.to_pylist():
+        assert (row["node_id"], row["hostname"], row["device"]) == (
+            node,
+            socket.gethostname(),
+            "cpu",
+        )

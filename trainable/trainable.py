@@ -33,6 +33,11 @@ def choose_device() -> torch.device:
     return torch.device("cpu")
 
 
+def device_label(device: torch.device) -> str:
+    """`cpu`, or `cuda:<id>` with the id of the GPU Ray gave the trial on its node."""
+    return f"cuda:{ray.get_gpu_ids()[0]}" if device.type == "cuda" else device.type
+
+
 def load_state(checkpoint_dir: str, device: torch.device) -> dict:
     # weights_only: a checkpoint is data, never code to run.
     path = os.path.join(checkpoint_dir, CHECKPOINT_FILE)
@@ -72,9 +77,14 @@ class CifarTrainable(tune.Trainable):
         self.evaluate_test = evaluate_test
         self.device = choose_device()
         self.training = Training(config, self.data, self.device)
+        # Where the trial runs, in every result (Tune adds `hostname`): trials.parquet keeps it.
+        self.placement = {
+            "node_id": ray.get_runtime_context().get_node_id(),
+            "device": device_label(self.device),
+        }
 
     def step(self) -> dict:
-        metrics = self.training.train_epoch()
+        metrics = {**self.training.train_epoch(), **self.placement}
         if len(self.data.val_y):
             # Even after divergence: schedulers and searchers need the metric in every result.
             metrics.update(self.training.evaluate("val"))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -12,7 +13,8 @@ from pathlib import Path
 from trainable.data import DataBundle, DataError, load_dataset
 from tuning.config import ConfigError, ExperimentConfig, load_config, smoke_overrides
 from tuning.export import build_tables, run_metadata, write_config, write_run
-from tuning.summary import grid_table, search_summary
+from tuning.storage import is_uri, prepare_storage
+from tuning.summary import grid_table, node_counts, search_summary
 from tuning.timing import Phases
 
 REPO = Path(__file__).resolve().parent.parent
@@ -46,6 +48,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--resume", action="store_true", help="continue the run named --name")
     parser.add_argument("--address", help="join this Ray cluster (default: RAY_ADDRESS or local)")
+    parser.add_argument(
+        "--storage",
+        help="where Tune keeps trial state and checkpoints (run.storage): a folder every node "
+        "sees, or a URI such as s3://bucket/runs (default: the run folder)",
+    )
     parser.add_argument("--no-dashboard", action="store_true", help="start Ray without dashboard")
     parser.add_argument("--no-report", action="store_true", help="skip report.md and figures")
     parser.add_argument(
@@ -66,13 +73,15 @@ def resolve_run(args: argparse.Namespace, default_config: str) -> tuple[Experime
     overrides = [f"data.dir={Path(args.data_dir).resolve()}"] if args.data_dir else []
     if args.smoke:
         overrides += smoke_overrides(load_config(path), synthetic=not args.data_dir)
-    config = load_config(path, overrides + args.overrides)
+    config = load_config(path, overrides + args.overrides + storage_override(args))
     run_dir = results / (args.name or f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}")
     if run_dir.exists():
         raise ConfigError(
             f"run folder {run_dir} already exists; choose another --name, "
             "or add --resume to continue that run"
         )
+    if config.run.storage:
+        prepare_storage(config.run.storage, run_dir, resume=False)
     try:
         results.mkdir(parents=True, exist_ok=True)
     except OSError as err:
@@ -94,9 +103,20 @@ def resumed_run(args: argparse.Namespace, results: Path) -> tuple[ExperimentConf
     saved = run_dir / "config.yaml"
     if not saved.exists():
         raise ConfigError(f"nothing to resume: {saved} does not exist; check --results-dir/--name")
-    # The data may have moved since: --data-dir is the one setting a resume may change.
+    # The data or the storage may have moved since: the settings a resume may change.
     data = [f"data.dir={Path(args.data_dir).resolve()}"] if args.data_dir else []
-    return load_config(saved, data), run_dir
+    config = load_config(saved, data + storage_override(args))
+    if config.run.storage:
+        prepare_storage(config.run.storage, run_dir, resume=True)
+    return config, run_dir
+
+
+def storage_override(args: argparse.Namespace) -> list[str]:
+    """`--storage` as a `--set` item; a path made absolute, as every node must read it alike."""
+    if not args.storage:
+        return []
+    storage = args.storage if is_uri(args.storage) else str(Path(args.storage).resolve())
+    return [f"run.storage={json.dumps(storage)}"]  # quoted: YAML would read `a: b` as a map
 
 
 def dashboard_warning(args: argparse.Namespace) -> str | None:
@@ -144,16 +164,19 @@ def run_experiment(
     # Ray's import is slow: here, after the input checks, so bad input is refused at once.
     import ray
 
+    from tuning.cluster import check_run_storage, describe_cluster
     from tuning.runner import can_resume, judge_best, run_tuner, start_ray
     from tuning.search import STUDY_FILE, build_plan
+    from tuning.storage import tune_location
     from tuning.timing import TrainingSpans
 
     if args.resume:
         plan = None  # Tune restores its searcher and scheduler from the run folder
-        if not can_resume(run_dir):
+        if not can_resume(config, run_dir):
             print(
-                f"error: {run_dir} holds no Tune state to resume (stopped before its first "
-                "trial started); start it again under another --name",
+                f"error: {tune_location(config.run.storage, run_dir)} holds no Tune state to "
+                "resume (stopped before its first trial started, or --storage points "
+                "elsewhere); start it again under another --name",
                 file=sys.stderr,
             )
             return 2
@@ -172,10 +195,22 @@ def run_experiment(
         print(f"Optuna study: optuna-dashboard sqlite:///{(run_dir / STUDY_FILE).resolve()}")
     if warning := dashboard_warning(args):
         print(warning, file=sys.stderr)
-    with phases.timed("ray_start"):
-        dashboard = start_ray(
-            args.address, dashboard=not args.no_dashboard, host=args.dashboard_host
-        )
+    try:
+        with phases.timed("ray_start"):
+            dashboard = start_ray(
+                args.address, dashboard=not args.no_dashboard, host=args.dashboard_host
+            )
+        if address := args.address or os.environ.get("RAY_ADDRESS"):
+            print(f"joined the Ray cluster at {address}: {describe_cluster()}")
+        # Before any trial: on several nodes, a folder only this machine sees fails late.
+        for warning in check_run_storage(config.run.storage, run_dir):
+            print(f"warning: {warning}", file=sys.stderr)
+    except ConfigError as err:
+        ray.shutdown()
+        if not args.resume:
+            shutil.rmtree(run_dir)  # just made, holds nothing of the user's
+        print(f"error: {err}", file=sys.stderr)
+        return 2
     if dashboard:
         print(f"Ray dashboard: {dashboard}")
     spans = TrainingSpans()
@@ -204,6 +239,8 @@ def run_experiment(
     else:
         value = best.metrics.get(config.metric) if best else None
         print(f"\n{search_summary(trials, best_id, value, config.trial.epochs, config.metric)}")
+    if len(nodes := node_counts(trials)) > 1:
+        print("trials per node: " + ", ".join(f"{node} {count}" for node, count in nodes.items()))
     if not args.no_report:
         from tuning.report import write_report
 

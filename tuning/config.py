@@ -183,6 +183,19 @@ class ResourcesConfig(Strict):
 
 class RunSettings(Strict):
     max_failures: int = Field(2, ge=0)  # restarts of a crashed trial from its last checkpoint
+    # Where Tune keeps trial state and checkpoints; None: the run folder. On several nodes: a
+    # path every node mounts, or a URI pyarrow opens (s3://bucket/runs, gs://bucket/runs).
+    storage: str | None = None
+
+    @field_validator("storage")
+    @classmethod
+    def _absolute_or_uri(cls, value: str | None) -> str | None:
+        if value is not None and "://" not in value and not Path(value).is_absolute():
+            raise ValueError(
+                "must be an absolute path (every node resolves it alike) or a URI such as "
+                "s3://bucket/runs; --storage makes a relative path absolute"
+            )
+        return value
 
 
 METRICS = ("val_acc", "val_loss", "train_acc", "train_loss")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
 import platform
@@ -12,6 +13,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pyarrow as pa
+import pyarrow.fs
 import pyarrow.parquet as pq
 import yaml
 from ray import tune
@@ -36,35 +38,44 @@ TRIAL_FIELDS = {
     "test_acc": pa.float64(),  # null where the trial was not evaluated on test
     "train_time_s": pa.float64(),  # sum of epoch_time_s
     "restarts": pa.int64(),  # times the trial was restarted from a checkpoint after a failure
+    "node_id": pa.string(),  # the Ray node of the trial's last epoch
+    "hostname": pa.string(),
+    "device": pa.string(),  # cpu, or cuda:<GPU id on that node>
 }
 
 
-def trial_epochs(trial_dir: Path) -> list[dict]:
+def read_text(fs: pyarrow.fs.FileSystem, path: str) -> str | None:
+    """A file's text on any pyarrow filesystem (local, s3, gs, ...); None when it is missing."""
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as f:
+        return f.read().decode()
+
+
+def trial_epochs(trial_dir: Path | str, fs: pyarrow.fs.FileSystem | None = None) -> list[dict]:
     """One dict per epoch, the last report of an epoch winning, from both of Tune's logs.
 
     After a restore from a checkpoint, `result.json` can miss a row that `progress.csv` holds
     (ray issue 41668), so the two are merged rather than one trusted.
     """
-    by_epoch = {row["epoch"]: row for row in _progress_csv(trial_dir / "progress.csv")}
-    log = trial_dir / "result.json"
-    if log.exists():
-        for line in log.read_text().splitlines():
-            row = json.loads(line) if line.strip() else {}
-            if "epoch" in row:
-                by_epoch[row["epoch"]] = row
+    fs = fs or pyarrow.fs.LocalFileSystem()
+    folder = Path(trial_dir).as_posix()
+    progress = read_text(fs, f"{folder}/progress.csv")
+    by_epoch = {row["epoch"]: row for row in _progress_csv(progress or "")}
+    for line in (read_text(fs, f"{folder}/result.json") or "").splitlines():
+        row = json.loads(line) if line.strip() else {}
+        if "epoch" in row:
+            by_epoch[row["epoch"]] = row
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
-def _progress_csv(path: Path) -> list[dict]:
-    if not path.exists():
-        return []
+def _progress_csv(text: str) -> list[dict]:
     rows = []
-    with path.open(newline="") as f:
-        for raw in csv.DictReader(f):
-            row = {k: v for k, v in ((k, _parse(t)) for k, t in raw.items()) if v is not None}
-            # Tune's CSV holds no config columns; the trial's own config stands in for them.
-            if isinstance(row.get("epoch"), int):
-                rows.append(row)
+    for raw in csv.DictReader(io.StringIO(text, newline="")):
+        row = {k: v for k, v in ((k, _parse(t)) for k, t in raw.items()) if v is not None}
+        # Tune's CSV holds no config columns; the trial's own config stands in for them.
+        if isinstance(row.get("epoch"), int):
+            rows.append(row)
     return rows
 
 
@@ -88,13 +99,17 @@ def missing_epochs(epochs: list[dict]) -> list[int]:
     return [e for e in range(1, max(seen, default=0) + 1) if e not in seen]
 
 
-def trial_restarts(tune_dir: Path) -> dict[str, int]:
+def trial_restarts(tune_dir: Path | str, fs: pyarrow.fs.FileSystem | None = None) -> dict[str, int]:
     """Trial id → times Tune restarted it after a failure, from Tune's plain-JSON state."""
-    states = sorted(tune_dir.glob("experiment_state-*.json"))
+    fs = fs or pyarrow.fs.LocalFileSystem()
+    listing = fs.get_file_info(pyarrow.fs.FileSelector(Path(tune_dir).as_posix()))
+    names = [i.base_name for i in listing if i.base_name.startswith("experiment_state-")]
+    states = sorted(name for name in names if name.endswith(".json"))
     if not states:
         return {}
     restarts = {}
-    for trial_json, runtime_json in json.loads(states[-1].read_text())["trial_data"]:
+    state = read_text(fs, f"{Path(tune_dir).as_posix()}/{states[-1]}")
+    for trial_json, runtime_json in json.loads(state)["trial_data"]:
         runtime = json.loads(runtime_json) if isinstance(runtime_json, str) else runtime_json
         restarts[json.loads(trial_json)["trial_id"]] = int(runtime.get("num_failures", 0))
     return restarts
@@ -117,11 +132,12 @@ def build_tables(
     """
     params = list(config.trial.model_dump())
     judged = judged or {}
-    restarts = trial_restarts(Path(results.experiment_path))
+    # Through the results' filesystem: with run.storage on s3:// or gs:// nothing is local.
+    restarts = trial_restarts(results.experiment_path, results.filesystem)
     epoch_rows, trial_rows = [], []
     for result in results:
         trial_id = Path(result.path).name
-        epochs = trial_epochs(Path(result.path))
+        epochs = trial_epochs(result.path, result.filesystem)
         if gaps := missing_epochs(epochs):
             print(f"warning: no record of epochs {gaps} of trial {trial_id}", file=sys.stderr)
         hyper = {key: result.config.get(key) for key in params}
@@ -131,6 +147,7 @@ def build_tables(
             metrics = {k: row.get(k) for k in list(EPOCH_FIELDS)[1:]}
             epoch_rows.append({"trial_id": trial_id, **metrics, **at_epoch})
         val_accs = [row["val_acc"] for row in epochs if row.get("val_acc") is not None]
+        last = epochs[-1] if epochs else {}
         trial_rows.append(
             {
                 "trial_id": trial_id,
@@ -142,6 +159,8 @@ def build_tables(
                 "test_acc": judged.get(trial_id, epochs[-1].get("test_acc") if epochs else None),
                 "train_time_s": sum(row.get("epoch_time_s", 0.0) for row in epochs),
                 "restarts": restarts.get(trial_id, 0),
+                # Where it ran: Tune adds the host to every result, the trainable the rest.
+                **{key: last.get(key) for key in ("node_id", "hostname", "device")},
             }
         )
     return _table(epoch_rows, EPOCH_FIELDS, params), _table(trial_rows, TRIAL_FIELDS, params)

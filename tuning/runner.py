@@ -13,22 +13,22 @@ from ray import tune
 
 from trainable.data import DataBundle
 from trainable.trainable import CifarTrainable, SharedData, evaluate_checkpoint
+from tuning.cluster import connect, trial_nodes
 from tuning.config import ExperimentConfig
 from tuning.search import SearchPlan
+from tuning.storage import tune_location, tune_storage
 from tuning.timing import Phases
-
-TUNE_FOLDER = "ray"  # Tune's experiment folder inside the run folder
 
 
 def start_ray(address: str | None, dashboard: bool, host: str = "127.0.0.1") -> str | None:
     """Join the cluster at `address` or RAY_ADDRESS, else start a local Ray; return dashboard."""
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        # An existing cluster has its own dashboard and resources: pass no local-only options.
-        context = ray.init(address=address)
+        context = connect(address)
     else:
-        # 127.0.0.1 unless asked otherwise: the dashboard has no authentication of its own.
-        context = ray.init(include_dashboard=dashboard, dashboard_host=host)
+        # "local": a new Ray even where `ray start` left one running. 127.0.0.1 unless asked
+        # otherwise: the dashboard has no authentication of its own.
+        context = ray.init(address="local", include_dashboard=dashboard, dashboard_host=host)
     url = context.dashboard_url
     return f"http://{url}" if url and not url.startswith("http") else url
 
@@ -36,8 +36,10 @@ def start_ray(address: str | None, dashboard: bool, host: str = "127.0.0.1") -> 
 def gpus_per_trial(config: ExperimentConfig) -> float:
     value = config.resources.gpus_per_trial
     if value == "auto":
-        # Several trials per GPU: the MLP leaves a whole GPU mostly idle.
-        return 0.25 if ray.cluster_resources().get("GPU", 0) and torch.cuda.is_available() else 0
+        # Several trials per GPU: the MLP leaves a whole GPU mostly idle. This machine's torch
+        # may lack CUDA where other nodes' has it: on several nodes, trust the cluster.
+        usable = torch.cuda.is_available() or len(trial_nodes()) > 1
+        return 0.25 if ray.cluster_resources().get("GPU", 0) and usable else 0
     return float(value)
 
 
@@ -69,8 +71,8 @@ def make_trainable(config: ExperimentConfig, data: SharedData | DataBundle):
     )
 
 
-def can_resume(run_dir: Path) -> bool:
-    return tune.Tuner.can_restore(str((run_dir / TUNE_FOLDER).resolve()))
+def can_resume(config: ExperimentConfig, run_dir: Path) -> bool:
+    return tune.Tuner.can_restore(tune_location(config.run.storage, run_dir))
 
 
 def run_tuner(
@@ -88,8 +90,9 @@ def run_tuner(
     without it every trial has an actor of its own, named after it in the dashboard (an
     actor's repr is read once, when it starts).
 
-    Tune's state lands in `run_dir / TUNE_FOLDER`. Resuming re-runs no finished trial; unfinished
-    ones continue from their last checkpoint, and a searcher (Optuna's study) from its state.
+    Tune's state lands in `run_dir/ray`, or `<run.storage>/<run name>/ray`. Resuming re-runs no
+    finished trial; unfinished ones continue from their last checkpoint, and a searcher (Optuna's
+    study) from its state.
     `phases` gets the time to put the data in the object store and the time of the trials.
     """
     phases = Phases() if phases is None else phases
@@ -99,12 +102,15 @@ def run_tuner(
     with phases.timed("data_to_object_store"):
         trainable = make_trainable(config, share_data(data))
     if plan is None:
-        path = str((run_dir / TUNE_FOLDER).resolve())
         tuner = tune.Tuner.restore(
-            path, trainable=trainable, resume_unfinished=True, resume_errored=True
+            tune_location(config.run.storage, run_dir),
+            trainable=trainable,
+            resume_unfinished=True,
+            resume_errored=True,
         )
         with phases.timed("trials"):
             return tuner.fit()
+    storage_path, name = tune_storage(config.run.storage, run_dir)
     tuner = tune.Tuner(
         trainable,
         param_space=plan.param_space,
@@ -119,8 +125,8 @@ def run_tuner(
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
         run_config=tune.RunConfig(
-            name=TUNE_FOLDER,
-            storage_path=str(run_dir.resolve()),
+            name=name,
+            storage_path=storage_path,
             checkpoint_config=tune.CheckpointConfig(
                 # The latest is all a restart or resume needs (a 2048-wide MLP's is 75 MB);
                 # PBT copies other trials' checkpoints, so keep a few more for it to exploit.

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import statistics
+from collections import Counter
 
 import pyarrow as pa
 
@@ -70,3 +71,10 @@ def search_summary(
         f"epochs trained: {trained} of {budget} without early stopping ({saved})",
     ]
     return "\n".join(lines)
+
+
+def node_counts(trials: pa.Table) -> dict[str, int]:
+    """Trials per node, each named by host and the start of its node id (hosts may repeat)."""
+    rows = trials.to_pylist()
+    counts = Counter(f"{r['hostname']} ({r['node_id'][:8]})" for r in rows if r.get("node_id"))
+    return dict(sorted(counts.items()))
