@@ -3,7 +3,8 @@ tutorial way, and both against what this machine's matrix multiplies allow.
 
     python benchmarks/bench.py --data-dir /tmp/data/cifar10 [--out bench.json]
 
-Sections (about 5 minutes on 2 cores, most of it the tutorial way's grid):
+Sections (5 to 9 minutes on 2 cores, as the machine's speed varies; most of it the tutorial
+way's grid):
   hardware   matmul GFLOP/s at the trial's thread count; the MLP's FLOPs per training sample
   epoch      one training epoch (45k images, batch 64) through our loop and through the original
              pipeline (per-sample PIL -> ToTensor -> Normalize in a DataLoader), same threads
@@ -34,7 +35,7 @@ import torch
 from process_memory import TreeMemory
 from tutorial_grid import as_torchvision_files
 
-from trainable.data import DataSpec, load_dataset
+from trainable.data import DataError, DataSpec, load_dataset
 from tuning.config import load_config
 from tuning.timing import covered_s
 
@@ -120,7 +121,8 @@ def timed_command(args: list[str], trial_markers: tuple[str, ...], log: Path) ->
     wall = time.perf_counter() - start
     peaks = memory.stop()
     if returncode != 0:
-        sys.exit(f"bench: {' '.join(args[:2])} failed (exit {returncode}); see {log}")
+        tail = log.read_text()[-3000:]  # the log's folder is removed on the way out
+        sys.exit(f"bench: {' '.join(args[1:2])} failed (exit {returncode}):\n{tail}")
     return {"wall_s": round(wall, 2), **peaks}
 
 
@@ -276,7 +278,11 @@ def main() -> None:
     args = parser.parse_args()
     data_dir = str(Path(args.data_dir).resolve())
     cache = ["--set", f"data.cache_dir={args.cache_dir}"] if args.cache_dir else []
-    data = load_dataset(DataSpec(dir=data_dir, cache_dir=args.cache_dir))
+    try:
+        data = load_dataset(DataSpec(dir=data_dir, cache_dir=args.cache_dir))
+    except DataError as err:
+        print(f"error: {err}", file=sys.stderr)
+        sys.exit(2)
     arrays = (data.train_x, data.train_y, data.val_x, data.val_y, data.test_x, data.test_y)
     results: dict = {
         "machine": machine(),
