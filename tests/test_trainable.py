@@ -76,7 +76,9 @@ def test_tables_hold_one_row_per_epoch_and_trial(grid_run):
 
 def test_shared_data_leaves_the_driver_reading_the_object_stores_copy(ray_session):
     data = load_dataset(
-        ExperimentConfig.model_validate({"data": {"source": "synthetic"}}).data.spec()
+        ExperimentConfig.model_validate(
+            {"data": {"source": "synthetic", "val_size": 500}}
+        ).data.spec()
     )
     before = {name: getattr(data, name).copy() for name in ("train_x", "val_y", "test_x")}
     assert data.train_x.flags.writeable  # the driver's own copy
