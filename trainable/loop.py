@@ -206,8 +206,8 @@ class Training:
         # whose lr and weight decay it has just changed.
         for group in self.optimizer.param_groups:
             group["weight_decay"] = self.config["weight_decay"]
-        self.set_lr(self.epoch)
         self.epoch = state["epoch"]
+        self.set_lr(self.epoch)
         # RNG states must be CPU byte tensors, even where the checkpoint was mapped to a GPU.
         self.shuffle.set_state(state["shuffle_rng"].cpu())
         if "augment_rng" in state:  # checkpoints from before augmentation lack it

@@ -57,15 +57,15 @@ def evaluate_checkpoint(
 class CifarTrainable(tune.Trainable):
     """Trains one configuration, reporting the DESIGN.md metrics once per epoch.
 
-    Built with `tune.with_parameters(CifarTrainable, data=..., threads=..., evaluate_test=...)`:
-    the arrays reach every trial from the object store, and run settings stay out of
-    `param_space`.
+    Built with `tune.with_parameters(CifarTrainable, data=..., threads=..., evaluate_test=...)`,
+    `data` a `SharedData`: the arrays reach every trial from the object store, and run settings
+    stay out of `param_space`.
     """
 
     def setup(
         self,
         config: dict,
-        data: DataBundle | SharedData,
+        data: SharedData,
         threads: int = 1,
         evaluate_test: bool = True,
     ) -> None:
@@ -73,7 +73,7 @@ class CifarTrainable(tune.Trainable):
         leaves the test set to judge only the configuration it chooses."""
         # One thread per CPU Ray gave the trial, or concurrent trials oversubscribe the cores.
         torch.set_num_threads(threads)
-        self.data = data.get() if isinstance(data, SharedData) else data
+        self.data = data.get()
         self.evaluate_test = evaluate_test
         self.device = choose_device()
         self.training = Training(config, self.data, self.device)

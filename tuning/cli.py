@@ -136,8 +136,7 @@ def main(default_config: str, argv: list[str] | None = None) -> int:
         with phases.timed("data_load"):
             data = load_dataset(config.data.spec())
     except (ConfigError, DataError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refuse(err)
     print(
         f"data: {data.source}, {len(data.train_y)} train / {len(data.val_y)} val / "
         f"{len(data.test_y)} test images of {data.image_shape}, loaded in "
@@ -148,6 +147,14 @@ def main(default_config: str, argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:  # a second Ctrl-C: Tune's first one already stopped gracefully
         print(f"\ninterrupted; continue with --resume --name {run_dir.name}", file=sys.stderr)
         return 130
+
+
+def refuse(message: object, made: Path | None = None) -> int:
+    """Print a bad-input error, remove the run folder `made` by this run if any; exit status 2."""
+    if made is not None:
+        shutil.rmtree(made)
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
 
 def run_experiment(
@@ -170,25 +177,23 @@ def run_experiment(
     from tuning.storage import tune_location
     from tuning.timing import TrainingSpans
 
+    # A new run's folder was just made and holds nothing of the user's: refusals remove it.
+    made = None if args.resume else run_dir
     if args.resume:
         plan = None  # Tune restores its searcher and scheduler from the run folder
         if not can_resume(config, run_dir):
-            print(
-                f"error: {tune_location(config.run.storage, run_dir)} holds no Tune state to "
+            return refuse(
+                f"{tune_location(config.run.storage, run_dir)} holds no Tune state to "
                 "resume (stopped before its first trial started, or --storage points "
-                "elsewhere); start it again under another --name",
-                file=sys.stderr,
+                "elsewhere); start it again under another --name"
             )
-            return 2
     else:
         run_dir.mkdir(parents=True)
         write_config(run_dir, config)  # first: a killed run can be resumed from it
         try:
             plan = build_plan(config, run_dir)
         except ConfigError as err:
-            shutil.rmtree(run_dir)  # just made, holds nothing of the user's
-            print(f"error: {err}", file=sys.stderr)
-            return 2
+            return refuse(err, made)
         for note in plan.notes:
             print(f"note: {note}")
     if (run_dir / STUDY_FILE).exists():
@@ -207,10 +212,7 @@ def run_experiment(
             print(f"warning: {warning}", file=sys.stderr)
     except ConfigError as err:
         ray.shutdown()
-        if not args.resume:
-            shutil.rmtree(run_dir)  # just made, holds nothing of the user's
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        return refuse(err, made)
     if dashboard:
         print(f"Ray dashboard: {dashboard}")
     spans = TrainingSpans()

@@ -56,11 +56,11 @@ def share_data(data: DataBundle) -> SharedData:
     return shared
 
 
-def make_trainable(config: ExperimentConfig, data: SharedData | DataBundle):
+def make_trainable(config: ExperimentConfig, data: SharedData):
     """The trainable with its data and run settings bound, and its per-trial resources."""
     cpus = config.resources.cpus_per_trial
     return tune.with_resources(
-        # with_parameters hands every trial the data (or its object-store reference).
+        # with_parameters hands every trial the data's object-store reference.
         tune.with_parameters(
             CifarTrainable,
             data=data,

@@ -39,9 +39,9 @@ class TrainingSpans(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         now = time.monotonic() - self.began
-        span = self.spans.setdefault(trial.trial_id, [now - result["time_this_iter_s"], now])
-        span[1] = round(now, 3)
-        span[0] = round(span[0], 3)
+        if trial.trial_id not in self.spans:
+            self.spans[trial.trial_id] = [round(now - result["time_this_iter_s"], 3), 0.0]
+        self.spans[trial.trial_id][1] = round(now, 3)
 
 
 def covered_s(spans: list[list[float]]) -> float:
