@@ -3,11 +3,11 @@ tutorial way, and both against what this machine's matrix multiplies allow.
 
     python benchmarks/bench.py --data-dir /tmp/data/cifar10 [--out bench.json]
 
-Sections (5 to 9 minutes on 2 cores, as the machine's speed varies; most of it the tutorial
+Sections (4 to 9 minutes on 2 cores, as the machine's speed varies; most of it the tutorial
 way's grid):
-  hardware   matmul GFLOP/s at the trial's thread count; the MLP's FLOPs per training sample
   epoch      one training epoch (45k images, batch 64) through our loop and through the original
-             pipeline (per-sample PIL -> ToTensor -> Normalize in a DataLoader), same threads
+             pipeline (per-sample PIL -> ToTensor -> Normalize in a DataLoader), same threads;
+             beside ours, the floor: the MLP's FLOPs per sample at the machine's matmul peak
   grid       the seed-0 learning-rate grid (3 trials x 5 epochs): `tuning/run_grid.py` against
              `benchmarks/tutorial_grid.py`, whole commands, with their memory sampled
   gpu        with CUDA only: the full grid at 4 trials per GPU, trials per minute, GPU use
@@ -32,6 +32,7 @@ from pathlib import Path
 import psutil
 import pyarrow.parquet as pq
 import torch
+from hardware import mlp_training_flops
 from process_memory import TreeMemory
 from tutorial_grid import as_torchvision_files
 
@@ -66,41 +67,26 @@ def machine() -> dict:
     }
 
 
-def matmul_gflops(threads: int, size: int = 2048, repeats: int = 10) -> float:
-    """Best-of-`repeats` float32 GFLOP/s of a size^3 matrix multiply: the machine's peak."""
-    torch.set_num_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    a @ b  # warm-up: thread pool, page faults
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        a @ b
-        best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
-
-
-def mlp_training_flops(inputs: int, hidden: int, classes: int) -> int:
-    """Multiply-add FLOPs for one sample through forward and backward of the one-hidden-layer
-    MLP: forward, weight gradients of both layers, and the hidden layer's input gradient (the
-    images need none)."""
-    forward = 2 * (inputs * hidden + hidden * classes)
-    return forward + forward + 2 * hidden * classes
-
-
-def epoch_time(way: str, data_dir: str, threads: int, cache_dir: str | None) -> float:
-    """One way's epoch time, measured in a fresh process that imports only what it needs."""
+def epoch_time(way: str, data_dir: str, threads: int, cache_dir: str | None) -> dict:
+    """One way's epoch time (and for ours, the floor beside it), measured in a fresh process
+    that imports only what it needs."""
     command = [sys.executable, str(REPO / "benchmarks" / "epoch_time.py"), way, data_dir]
     command += ["--threads", str(threads)] + (["--cache-dir", cache_dir] if cache_dir else [])
     out = subprocess.run(command, capture_output=True, text=True, check=False)
     if out.returncode != 0:
         sys.exit(f"bench: the {way} epoch failed:\n{out.stderr[-2000:]}")
-    return float(out.stdout.split()[-1])
+    return json.loads(out.stdout.splitlines()[-1])
 
 
 def bare_worker_mib() -> int:
-    """Own memory (USS) of a process that has imported what a trial imports and nothing else:
-    the fixed cost of a trial's process, whatever its data."""
-    code = "import torch, ray.tune, trainable.trainable; print('ready', flush=True); input()"
+    """Own memory (USS) of a process that has imported what a trial imports and built an
+    optimiser, and nothing else: the fixed cost of a trial's process, whatever its data.
+    The optimiser counts: building any torch.optim optimiser imports torch._dynamo (1.8 s and
+    75 to 150 MiB here), as every PyTorch training process does."""
+    code = (
+        "import torch, ray.tune, trainable.trainable; "
+        "torch.optim.Adam(torch.nn.Linear(1, 1).parameters()); print('ready', flush=True); input()"
+    )
     child = subprocess.Popen(
         [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
     )
@@ -204,7 +190,18 @@ def report(results: dict) -> str:
         (
             "epoch, hardware floor",
             f"{hw['floor_epoch_s']:.2f} s",
-            f"ours takes {ep['ours_s'] / hw['floor_epoch_s']:.2f}x the floor",
+            f"ours takes {ep['floor_ratio']:.2f}x the floor, measured side by side",
+        ),
+        (
+            "  its matmuls alone, batch 64",
+            f"{hw['matmuls_epoch_s']:.2f} s",
+            f"{hw['matmuls_epoch_s'] / hw['floor_epoch_s']:.2f}x the floor",
+        ),
+        ("  its optimiser steps alone", f"{hw['optimizer_epoch_s']:.2f} s", "fused Adam"),
+        (
+            "  the rest of ours",
+            f"{ep['ours_s'] - hw['matmuls_epoch_s'] - hw['optimizer_epoch_s']:.2f} s",
+            "batches, loss, autograd, per-op dispatch",
         ),
         ("seed-0 grid, tutorial way", f"{tut['wall_s']:.1f} s", ""),
         (
@@ -238,7 +235,12 @@ def report(results: dict) -> str:
         (
             "memory, one trial (PSS / own)",
             f"{ours['peak_trial_pss_mib']} / {ours['peak_trial_uss_mib']} MiB",
-            f"dataset {results['data_mib']} MiB; a bare torch+Ray process {results['bare_mib']}",
+            f"dataset {results['data_mib']} MiB",
+        ),
+        (
+            "  own, beyond a bare process",
+            f"{ours['peak_trial_uss_mib'] - results['bare_mib']} MiB",
+            f"bare: torch, Ray, an optimiser, no data: {results['bare_mib']} MiB",
         ),
         (
             "  the data it maps, shared",
@@ -248,7 +250,8 @@ def report(results: dict) -> str:
         (
             "memory, tutorial way (PSS)",
             f"{tut['peak_total_mib']} MiB",
-            f"one trial {tut['peak_trial_pss_mib']} / {tut['peak_trial_uss_mib']} MiB",
+            f"one trial {tut['peak_trial_pss_mib']} / {tut['peak_trial_uss_mib']} MiB, "
+            f"{tut['peak_trial_uss_mib'] - results['bare_mib']} beyond a bare process",
         ),
     ]
     if gpu := results.get("gpu"):
@@ -264,7 +267,8 @@ def report(results: dict) -> str:
     m = results["machine"]
     head = (
         f"{m['date']}, {m['cpu']}, {m['cores']} cores, torch {m['torch']}, ray {m['ray']}; "
-        f"matmul {hw['matmul_gflops']:.0f} GFLOP/s at {hw['threads']} threads"
+        f"matmul {hw['matmul_gflops']:.0f} GFLOP/s at {hw['threads']} threads; "
+        f"the benchmark took {results['bench_s'] / 60:.1f} min"
     )
     return "\n".join([head, *lines])
 
@@ -276,6 +280,7 @@ def main() -> None:
     parser.add_argument("--cache-dir", help="decoded-data cache (default: the product's)")
     parser.add_argument("--threads", type=int, default=os.cpu_count(), help="for the epoch tests")
     args = parser.parse_args()
+    started = time.perf_counter()
     data_dir = str(Path(args.data_dir).resolve())
     cache = ["--set", f"data.cache_dir={args.cache_dir}"] if args.cache_dir else []
     try:
@@ -291,21 +296,26 @@ def main() -> None:
         "bare_mib": bare_worker_mib(),
     }
 
-    gflops = matmul_gflops(args.threads)
     flops = mlp_training_flops(3072, GRID.trial.hidden, len(data.classes))
-    results["hardware"] = {
-        "threads": args.threads,
-        "matmul_gflops": round(gflops, 1),
-        "training_flops_per_sample": flops,
-        "floor_epoch_s": round(len(data.train_y) * flops / (gflops * 1e9), 3),
-    }
     work = Path(tempfile.mkdtemp(prefix="bench_"))
     try:
         cifar_dir = as_torchvision_files(data_dir, str(work / "cifar"))  # untimed conversion
         del data  # each measurement loads its own
+        ours = epoch_time("ours", data_dir, args.threads, args.cache_dir)
+        original = epoch_time("original", cifar_dir, args.threads, None)
+        results["hardware"] = {
+            "threads": args.threads,
+            "matmul_gflops": round(ours["matmul_gflops"], 1),
+            "training_flops_per_sample": flops,
+            "floor_epoch_s": round(ours["floor_epoch_s"], 3),
+            "matmuls_epoch_s": round(ours["matmuls_epoch_s"], 3),
+            "optimizer_epoch_s": round(ours["optimizer_epoch_s"], 3),
+        }
         results["epoch"] = {
-            "ours_s": round(epoch_time("ours", data_dir, args.threads, args.cache_dir), 3),
-            "original_s": round(epoch_time("original", cifar_dir, args.threads, None), 3),
+            "ours_s": round(ours["epoch_s"], 3),
+            "original_s": round(original["epoch_s"], 3),
+            "floor_ratio": round(ours["floor_ratio"], 2),
+            "ours_rounds": ours["rounds"],
         }
         results["grid"] = grid_ours(data_dir, cache, work, ["--set", SEED0])
         results["tutorial"] = grid_tutorial(cifar_dir, work)
@@ -313,6 +323,7 @@ def main() -> None:
             results["gpu"] = grid_gpu(data_dir, cache, work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+    results["bench_s"] = round(time.perf_counter() - started, 1)
     print(report(results))
     if args.out:
         partial = Path(args.out).with_suffix(".partial")

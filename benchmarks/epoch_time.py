@@ -3,23 +3,47 @@
     python benchmarks/epoch_time.py ours DATA_DIR [--threads 2] [--cache-dir DIR]
     python benchmarks/epoch_time.py original CIFAR_DIR [--threads 2]
 
-`ours`: the grid's lr-0.001 trial through `trainable.loop.Training` (median of 3 epochs).
+`ours`: the grid's lr-0.001 trial through `trainable.loop.Training`, 3 epochs, each beside a
+measurement of the machine's matmul peak, of the epoch's matmuls alone and of its optimiser
+steps alone (medians).
 `original`: torchvision's CIFAR10 dataset (a PIL image per sample, ToTensor, Normalize), a
 shuffling DataLoader of batch 64, the same MLP and plain Adam, as the original experiment ran;
-CIFAR_DIR holds `cifar-10-batches-py/`. Both train on 45,000 images. Prints seconds last.
+CIFAR_DIR holds `cifar-10-batches-py/`. Both train on 45,000 images. Prints a JSON object last.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import math
 import statistics
 import time
 
 import torch
+from hardware import batch_matmuls_s, matmul_gflops, mlp_training_flops
 from torch import nn
 
 
-def epoch_ours(data_dir: str, cache_dir: str | None) -> float:
+def optimizer_steps_s(
+    config: dict, image_shape: tuple[int, ...], classes: int, steps: int
+) -> float:
+    """Seconds for `steps` steps of the trial's optimiser on a fresh copy of its model, with
+    nothing else running: the part of an epoch that is parameter updates."""
+    from trainable.loop import make_optimizer
+    from trainable.models import build_model
+
+    model = build_model(config, image_shape, classes)
+    for param in model.parameters():
+        param.grad = torch.randn_like(param)
+    optimizer = make_optimizer(config, model.parameters())
+    optimizer.step()  # warm-up: creates the moment buffers
+    start = time.perf_counter()
+    for _ in range(steps):
+        optimizer.step()
+    return time.perf_counter() - start
+
+
+def epoch_ours(data_dir: str, cache_dir: str | None, threads: int) -> dict:
     from trainable.data import DataSpec, load_dataset
     from trainable.loop import Training
     from tuning.cli import REPO
@@ -27,8 +51,35 @@ def epoch_ours(data_dir: str, cache_dir: str | None) -> float:
 
     data = load_dataset(DataSpec(dir=data_dir, cache_dir=cache_dir))
     trial = load_config(REPO / "configs" / "grid.yaml").trial
-    training = Training({**trial.model_dump(), "lr": 0.001}, data, torch.device("cpu"))
-    return statistics.median(training.train_epoch()["epoch_time_s"] for _ in range(3))
+    config = {**trial.model_dump(), "lr": 0.001}
+    training = Training(config, data, torch.device("cpu"))
+    inputs = math.prod(data.image_shape)
+    epoch_flops = len(data.train_y) * mlp_training_flops(inputs, trial.hidden, len(data.classes))
+    batches = math.ceil(len(data.train_y) / trial.batch_size)
+    rounds = []
+    for _ in range(3):
+        # The peak and the epoch side by side, round after round: this VM's speed drifts up to
+        # 2x within minutes, and a floor measured minutes apart would not be this epoch's floor.
+        floor = epoch_flops / (matmul_gflops(threads, repeats=5) * 1e9)
+        torch.set_num_threads(threads)
+        matmuls = batch_matmuls_s(batches, trial.batch_size, inputs, trial.hidden)
+        updates = optimizer_steps_s(config, data.image_shape, len(data.classes), batches)
+        epoch = training.train_epoch()["epoch_time_s"]
+        rounds.append(
+            {
+                "epoch_s": epoch,
+                "floor_epoch_s": floor,
+                "matmuls_epoch_s": matmuls,
+                "optimizer_epoch_s": updates,
+            }
+        )
+    median = {key: statistics.median(r[key] for r in rounds) for key in rounds[0]}
+    return {
+        **median,
+        "matmul_gflops": epoch_flops / median["floor_epoch_s"] / 1e9,
+        "floor_ratio": statistics.median(r["epoch_s"] / r["floor_epoch_s"] for r in rounds),
+        "rounds": rounds,
+    }
 
 
 def epoch_original(cifar_dir: str) -> float:
@@ -62,10 +113,10 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     if args.way == "ours":
-        seconds = epoch_ours(args.data_dir, args.cache_dir)
+        measured = epoch_ours(args.data_dir, args.cache_dir, args.threads)
     else:
-        seconds = epoch_original(args.data_dir)
-    print(f"{args.way} epoch: {seconds:.3f}")
+        measured = {"epoch_s": epoch_original(args.data_dir)}
+    print(json.dumps(measured))
 
 
 if __name__ == "__main__":
