@@ -61,7 +61,6 @@ def epoch_ours(data_dir: str, cache_dir: str | None, threads: int) -> dict:
         # The peak and the epoch side by side, round after round: this VM's speed drifts up to
         # 2x within minutes, and a floor measured minutes apart would not be this epoch's floor.
         floor = epoch_flops / (matmul_gflops(threads, repeats=5) * 1e9)
-        torch.set_num_threads(threads)
         matmuls = batch_matmuls_s(batches, trial.batch_size, inputs, trial.hidden)
         updates = optimizer_steps_s(config, data.image_shape, len(data.classes), batches)
         epoch = training.train_epoch()["epoch_time_s"]
@@ -83,18 +82,13 @@ def epoch_ours(data_dir: str, cache_dir: str | None, threads: int) -> dict:
 
 
 def epoch_original(cifar_dir: str) -> float:
-    from torch.utils.data import DataLoader, random_split
-    from torchvision import transforms
-    from tutorial_grid import UncheckedCIFAR10
+    from torch.utils.data import DataLoader
+    from tutorial_grid import BATCH_SIZE, original_mlp, original_splits
 
     torch.manual_seed(0)
-    transform = transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
-    )
-    full = UncheckedCIFAR10(cifar_dir, train=True, transform=transform)
-    train, _ = random_split(full, [45000, 5000], generator=torch.Generator().manual_seed(0))
-    loader = DataLoader(train, batch_size=64, shuffle=True)
-    model = nn.Sequential(nn.Flatten(), nn.Linear(3072, 128), nn.ReLU(), nn.Linear(128, 10))
+    train, _, _ = original_splits(cifar_dir)
+    loader = DataLoader(train, batch_size=BATCH_SIZE, shuffle=True)
+    model = original_mlp()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     start = time.perf_counter()
     for images, labels in loader:

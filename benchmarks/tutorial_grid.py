@@ -31,7 +31,7 @@ import ray
 import torch
 from ray import tune
 from torch import nn
-from torch.utils.data import DataLoader, Subset, random_split
+from torch.utils.data import DataLoader, Dataset, Subset, random_split
 from torchvision import datasets, transforms
 
 LEARNING_RATES = [0.001, 0.0001, 0.01]
@@ -81,24 +81,34 @@ def as_torchvision_files(data_dir: str, into: str) -> str:
     return into
 
 
+# The original experiment's per-sample pipeline: a PIL image → ToTensor → Normalize.
+TRANSFORM = transforms.Compose(
+    [transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
+)
+
+
+def original_splits(cifar_dir: str) -> tuple[Dataset, Dataset, Dataset]:
+    """Train (45,000), validation (5,000) and test sets as the original builds them."""
+    full = UncheckedCIFAR10(cifar_dir, train=True, transform=TRANSFORM)
+    train, val = random_split(full, [45000, 5000], generator=torch.Generator().manual_seed(0))
+    return train, val, UncheckedCIFAR10(cifar_dir, train=False, transform=TRANSFORM)
+
+
+def original_mlp() -> nn.Sequential:
+    return nn.Sequential(nn.Flatten(), nn.Linear(3072, 128), nn.ReLU(), nn.Linear(128, 10))
+
+
 def train_fn(config: dict[str, Any]) -> None:
     torch.set_num_threads(1)
     torch.manual_seed(0)
-    transform = transforms.Compose(
-        [transforms.ToTensor(), transforms.Normalize((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))]
-    )
-    full = UncheckedCIFAR10(config["data_dir"], train=True, transform=transform)
-    train_set, val_set = random_split(
-        full, [45000, 5000], generator=torch.Generator().manual_seed(0)
-    )
+    train_set, val_set, test_set = original_splits(config["data_dir"])
     if config["subset"]:
         train_set = Subset(train_set, range(config["subset"]))
-    test_set = UncheckedCIFAR10(config["data_dir"], train=False, transform=transform)
     workers = config["num_workers"]
     train_loader = DataLoader(train_set, batch_size=BATCH_SIZE, shuffle=True, num_workers=workers)
     val_loader = DataLoader(val_set, batch_size=BATCH_SIZE, num_workers=workers)
 
-    model = nn.Sequential(nn.Flatten(), nn.Linear(3072, 128), nn.ReLU(), nn.Linear(128, 10))
+    model = original_mlp()
     optimizer = torch.optim.Adam(model.parameters(), lr=config["lr"])
     criterion = nn.CrossEntropyLoss()
 

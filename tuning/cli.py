@@ -13,7 +13,7 @@ from pathlib import Path
 from trainable.data import DataBundle, DataError, load_dataset
 from tuning.config import ConfigError, ExperimentConfig, load_config, smoke_overrides
 from tuning.export import build_tables, run_metadata, write_config, write_run
-from tuning.storage import is_uri, prepare_storage
+from tuning.storage import is_uri, prepare_storage, tune_location
 from tuning.summary import grid_table, node_counts, search_summary
 from tuning.timing import Phases
 
@@ -174,7 +174,6 @@ def run_experiment(
     from tuning.cluster import check_run_storage, describe_cluster
     from tuning.runner import can_resume, judge_best, run_tuner, start_ray
     from tuning.search import STUDY_FILE, build_plan
-    from tuning.storage import tune_location
     from tuning.timing import TrainingSpans
 
     # A new run's folder was just made and holds nothing of the user's: refusals remove it.
