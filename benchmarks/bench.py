@@ -201,7 +201,7 @@ def report(results: dict) -> str:
         (
             "  the rest of ours",
             f"{ep['ours_s'] - hw['matmuls_epoch_s'] - hw['optimizer_epoch_s']:.2f} s",
-            "batches, loss, autograd, per-op dispatch",
+            "batches, small ops, metrics, dispatch",
         ),
         ("seed-0 grid, tutorial way", f"{tut['wall_s']:.1f} s", ""),
         (

@@ -30,13 +30,13 @@ def mlp_training_flops(inputs: int, hidden: int, classes: int) -> int:
 
 def batch_matmuls_s(batches: int, batch: int, inputs: int, hidden: int) -> float:
     """Seconds for the first layer's forward and weight-gradient products over `batches`
-    batches, with nothing else running: 99% of the MLP's FLOPs at the shapes a batch gives
-    them, which reach less of the peak than big square ones do."""
-    x, weight = torch.randn(batch, inputs), torch.randn(hidden, inputs)
+    batches, with nothing else running: 99% of the MLP's FLOPs, in the forms and at the shapes
+    `trainable.mlp_step` runs them, which reach less of the peak than big square ones do."""
+    x, weight_t = torch.randn(batch, inputs), torch.randn(inputs, hidden)
     grad_out = torch.randn(batch, hidden)
-    x @ weight.t(), grad_out.t() @ x  # warm-up
+    x @ weight_t, x.t() @ grad_out  # warm-up
     start = time.perf_counter()
     for _ in range(batches):
-        x @ weight.t()  # forward, as nn.Linear runs it
-        grad_out.t() @ x  # the weight's gradient, as autograd runs it
+        x @ weight_t  # forward
+        x.t() @ grad_out  # the weight's gradient
     return time.perf_counter() - start

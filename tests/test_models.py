@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from trainable.loop import fast_paths
-from trainable.models import build_model
+from trainable.models import InputMajorLinear, build_model
 from tuning.config import TrialConfig
 
 
@@ -35,7 +35,7 @@ def test_forward_and_backward_shapes(fields, shape):
 
 def test_mlp_depth_and_dropout_build_the_layers_asked_for():
     model = build_model(_config(hidden=64, depth=3, dropout=0.25), (3, 32, 32), 10)
-    linears = [m for m in model if isinstance(m, torch.nn.Linear)]
+    linears = [m for m in model if isinstance(m, InputMajorLinear)]
     assert [(m.in_features, m.out_features) for m in linears] == [
         (3072, 64),
         (64, 64),

@@ -13,6 +13,7 @@ import torch.nn.functional as F
 
 from trainable.augment import crop_flip, cutout
 from trainable.data import DataBundle
+from trainable.mlp_step import MLPStep
 from trainable.models import build_model
 from trainable.schedules import lr_at
 
@@ -79,6 +80,12 @@ class Training:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
         self.optimizer = make_optimizer(config, self.model.parameters())
+        # The MLP trains with hand-written gradients; other models through autograd.
+        self.mlp_step = (
+            MLPStep(model, self.optimizer, config.get("label_smoothing", 0.0))
+            if config["model"] == "mlp"
+            else None
+        )
         # Shuffling has its own generator so its stream is saved and restored exactly.
         self.shuffle = torch.Generator().manual_seed(config["seed"])
         # Augmentation draws on the data's device, from a stream of its own (saved too).
@@ -139,12 +146,10 @@ class Training:
                 break  # a non-finite loss does not come back: stop the epoch now
             self.set_lr(self.epoch + step / len(batches))
             x, y = self.training_batch(batch)
-            with self.autocast():
-                logits = self.model(x)
-                loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            self.optimizer.step()
+            if self.mlp_step is not None:
+                loss, logits = self.mlp_step(x, y)
+            else:
+                loss, logits = self.autograd_step(x, y, smoothing)
             loss_sum += loss.detach() * len(batch)
             correct += (logits.argmax(1) == y).sum()
             seen += len(batch)
@@ -157,6 +162,17 @@ class Training:
             "epoch_time_s": time.perf_counter() - start,
             "diverged": not math.isfinite(train_loss),
         }
+
+    def autograd_step(
+        self, x: torch.Tensor, y: torch.Tensor, smoothing: float
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        with self.autocast():
+            logits = self.model(x)
+            loss = F.cross_entropy(logits, y, label_smoothing=smoothing)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        self.optimizer.step()
+        return loss, logits
 
     def set_lr(self, progress: float) -> None:
         """Set the learning rate for `progress` epochs into the run, as the schedule says."""

@@ -1,0 +1,132 @@
+"""The MLP's hand-written training step against autograd, and its input-major layers against
+nn.Linear."""
+
+import copy
+import io
+import sys
+
+import pytest
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from tests.conftest import REPO
+from trainable.data import DataSpec, load_dataset
+from trainable.loop import Training
+from trainable.mlp_step import MLPStep
+from trainable.models import InputMajorLinear, build_model
+from tuning.config import TrialConfig
+
+sys.path.insert(0, str(REPO / "benchmarks"))
+from hardware import mlp_training_flops  # noqa: E402
+
+
+def _mlp(depth=1, dropout=0.0, hidden=32, shape=(3, 8, 8)) -> nn.Sequential:
+    config = {"model": "mlp", "hidden": hidden, "depth": depth, "dropout": dropout}
+    return build_model(config, shape, 10)
+
+
+@pytest.mark.parametrize(
+    "depth, dropout, smoothing", [(1, 0.0, 0.0), (2, 0.0, 0.1), (3, 0.3, 0.0), (2, 0.5, 0.2)]
+)
+def test_gradients_loss_and_logits_are_autograds(depth, dropout, smoothing):
+    torch.manual_seed(0)
+    ours = _mlp(depth, dropout)
+    reference = copy.deepcopy(ours)
+    images, labels = torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,))
+
+    torch.manual_seed(1)  # dropout must draw the same masks in both
+    loss, logits = MLPStep(ours, None, smoothing).backward(images, labels)
+    torch.manual_seed(1)
+    expected_logits = reference(images)
+    expected = nn.functional.cross_entropy(expected_logits, labels, label_smoothing=smoothing)
+    expected.backward()
+
+    torch.testing.assert_close(logits, expected_logits, rtol=0, atol=0)
+    torch.testing.assert_close(loss, expected)
+    for (name, got), want in zip(ours.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(got.grad, want.grad, msg=name)
+
+
+def test_the_step_runs_the_floors_flops_and_no_more():
+    model = _mlp(hidden=128, shape=(3, 32, 32))
+    images, labels = torch.randn(64, 3, 32, 32), torch.randint(0, 10, (64,))
+    with FlopCounterMode(display=False) as counter:
+        MLPStep(model, None, 0.0).backward(images, labels)
+    assert counter.get_total_flops() == 64 * mlp_training_flops(3072, 128, 10)
+
+
+def test_the_loop_takes_the_hand_written_step_for_the_mlp_only():
+    data = load_dataset(DataSpec(source="synthetic", val_size=100, train_subset=200))
+    cpu = torch.device("cpu")
+    mlp = Training(TrialConfig(hidden=16).model_dump(), data, cpu)
+    cnn = Training(TrialConfig(model="cnn", width=4).model_dump(), data, cpu)
+    assert isinstance(mlp.mlp_step, MLPStep) and cnn.mlp_step is None
+    before = mlp.model[1].weight.clone()
+    assert mlp.train_epoch()["train_loss"] > 0
+    assert not torch.equal(mlp.model[1].weight, before)  # the optimiser stepped
+
+
+def test_input_major_layers_keep_nn_linears_initialisation_and_state_dict():
+    torch.manual_seed(0)
+    ours = _mlp(hidden=128, shape=(3, 32, 32))
+    torch.manual_seed(0)
+    original = nn.Sequential(nn.Flatten(), nn.Linear(3072, 128), nn.ReLU(), nn.Linear(128, 10))
+    for mine, theirs in zip(ours.state_dict().items(), original.state_dict().items(), strict=True):
+        assert mine[0] == theirs[0]
+        assert torch.equal(mine[1], theirs[1]), mine[0]
+    images = torch.randn(8, 3, 32, 32)
+    torch.testing.assert_close(ours(images), original(images))
+
+    # Saved and loaded both ways, as checkpoints and exported models are.
+    saved = io.BytesIO()
+    torch.save(ours.state_dict(), saved)
+    saved.seek(0)
+    plain = nn.Sequential(nn.Flatten(), nn.Linear(3072, 128), nn.ReLU(), nn.Linear(128, 10))
+    plain.load_state_dict(torch.load(saved, weights_only=True))
+    torch.testing.assert_close(plain(images), ours(images))
+    fresh = _mlp(hidden=128, shape=(3, 32, 32))
+    fresh.load_state_dict(plain.state_dict())
+    assert torch.equal(fresh(images), ours(images))
+    assert fresh[1].weight_t.is_contiguous()
+
+
+def test_the_weight_view_writes_through():
+    layer = InputMajorLinear(6, 4)
+    with torch.no_grad():
+        layer.weight[2, 5] = 7.0
+    assert layer.weight.shape == (4, 6) and layer.weight_t[5, 2] == 7.0
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
+def test_the_update_is_the_optimisers_step_exactly(optimizer):
+    from trainable.loop import make_optimizer
+
+    config = {"optimizer": optimizer, "lr": 0.01, "weight_decay": 0.1}
+    torch.manual_seed(0)
+    ours = _mlp(depth=2)
+    reference = copy.deepcopy(ours)
+    step = MLPStep(ours, make_optimizer(config, ours.parameters()), 0.0)
+    expected = make_optimizer(config, reference.parameters())
+    for round in range(2):
+        for _ in range(3):
+            grads = [torch.randn_like(p) for p in ours.parameters()]
+            for param, twin, grad in zip(
+                ours.parameters(), reference.parameters(), grads, strict=True
+            ):
+                param.grad.copy_(grad)
+                twin.grad = grad.clone()
+            step.update()
+            expected.step()
+        for param, twin in zip(ours.parameters(), reference.parameters(), strict=True):
+            assert torch.equal(param, twin)
+        if round == 0:  # a loaded checkpoint brings new state tensors: updates must use them
+            saved = io.BytesIO()
+            torch.save(step.optimizer.state_dict(), saved)
+            saved.seek(0)
+            step.optimizer.load_state_dict(torch.load(saved, weights_only=True))
+    for state, twin in zip(step.optimizer.state.values(), expected.state.values(), strict=True):
+        for key in state:
+            assert torch.equal(state[key], twin[key]), key
+    # Adam and AdamW took the direct path, on the state loaded last.
+    assert (step._adam_state is step.optimizer.state) == (optimizer != "sgd")
