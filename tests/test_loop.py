@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from trainable.data import DataSpec, load_dataset
-from trainable.loop import Training
+from trainable.loop import Training, make_optimizer
 from trainable.models import build_model
 from tuning.config import TrialConfig
 
@@ -110,3 +110,46 @@ def test_divergence_stops_the_epoch_early(data):
     metrics = training.train_epoch()
     assert metrics["diverged"]
     assert len(steps) < len(data.train_y) // 10  # stopped well before the epoch's end
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_a_checkpoint_from_nn_linear_layers_continues_as_it_would_have(data, optimizer):
+    # Saved before the MLP's layers held their weights input-major: the optimiser's moments
+    # are shaped like nn.Linear's weights, and the checkpoint has no format field.
+    config = {**CONFIG, "optimizer": optimizer}
+    new = Training(config, data, torch.device("cpu"))
+    shape = data.train_x.shape[1:]
+    features = shape[0] * shape[1] * shape[2]
+    old = torch.nn.Sequential(
+        torch.nn.Flatten(), torch.nn.Linear(features, 32), torch.nn.ReLU(), torch.nn.Linear(32, 10)
+    )
+    old.load_state_dict(new.model.state_dict())
+    old_optimizer = make_optimizer(config, old.parameters())
+    for _ in range(3):
+        for param in old.parameters():
+            param.grad = torch.randn_like(param)
+        old_optimizer.step()
+    saved = new.state_dict()
+    del saved["format"]
+    saved = {**saved, "model": old.state_dict(), "optimizer": old_optimizer.state_dict()}
+    file = io.BytesIO()
+    torch.save(saved, file)  # as the trainable checkpoints; a copy, not the old tensors
+    file.seek(0)
+
+    resumed = Training(config, data, torch.device("cpu"))
+    resumed.load_state_dict(torch.load(file, weights_only=True))
+    # One more step on the same gradients: the same weights as the old layers would reach.
+    for param in old.parameters():
+        param.grad = torch.randn_like(param)
+    for group in old_optimizer.param_groups:
+        group["lr"] = resumed.optimizer.param_groups[0]["lr"]
+    old_optimizer.step()
+    for layer, old_layer in ((resumed.model[1], old[1]), (resumed.model[3], old[3])):
+        layer.weight_t.grad.copy_(old_layer.weight.grad.t())
+        layer.bias.grad.copy_(old_layer.bias.grad)
+    resumed.mlp_step.update()
+    for layer, old_layer in ((resumed.model[1], old[1]), (resumed.model[3], old[3])):
+        assert torch.equal(layer.weight, old_layer.weight)
+        assert torch.equal(layer.bias, old_layer.bias)
+    trained = resumed.train_epoch()  # and the loop runs on the loaded state
+    assert trained["epoch"] == 1 and not trained["diverged"]

@@ -10,17 +10,21 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from trainable.augment import crop_flip, cutout
 from trainable.data import DataBundle
 from trainable.mlp_step import MLPStep
-from trainable.models import build_model
+from trainable.models import InputMajorLinear, build_model
 from trainable.schedules import lr_at
 
 # Evaluation needs no gradients, so large batches cost fewer dispatches; 1024 keeps a trial's
 # transient memory small (a 1024-image float batch is 12 MiB).
 EVAL_BATCH = 1024
 DIVERGENCE_CHECK = 50  # steps between looks at the running loss: a host sync each time
+# Checkpoint format 2: the MLP's layers hold their weights input-major, and so do the optimiser
+# moments of those weights (the model's own state dict keeps nn.Linear's shapes throughout).
+CHECKPOINT_FORMAT = 2
 
 
 def as_tensor(array, device: torch.device) -> torch.Tensor:
@@ -44,6 +48,25 @@ def make_optimizer(config: dict, params) -> torch.optim.Optimizer:
             params, lr=lr, momentum=0.9, nesterov=True, weight_decay=decay, fused=True
         )
     raise ValueError(f"unknown optimizer {name!r}")
+
+
+def moments_input_major(saved: dict, optimizer: torch.optim.Optimizer, model: nn.Module) -> dict:
+    """`saved`, an optimiser state dict from a model with nn.Linear layers, with the per-weight
+    state (Adam's moments, SGD's momentum) of `model`'s InputMajorLinear weights transposed to
+    match them. Parameters are numbered in `optimizer`'s order, as its state dict does."""
+    weights = {id(m.weight_t) for m in model.modules() if isinstance(m, InputMajorLinear)}
+    params = [p for group in optimizer.param_groups for p in group["params"]]
+    transposed = {index for index, param in enumerate(params) if id(param) in weights}
+    state = {
+        index: {
+            key: value.t().contiguous()
+            if index in transposed and torch.is_tensor(value) and value.dim() == 2
+            else value
+            for key, value in entry.items()
+        }
+        for index, entry in saved["state"].items()
+    }
+    return {**saved, "state": state}
 
 
 @dataclass(frozen=True)
@@ -207,6 +230,7 @@ class Training:
             "shuffle_rng": self.shuffle.get_state(),
             "augment_rng": self.augment_rng.get_state(),
             "torch_rng": torch.get_rng_state(),
+            "format": CHECKPOINT_FORMAT,
             # Dropout on a GPU draws from CUDA's stream, not the CPU one above.
             **(
                 {"cuda_rng": torch.cuda.get_rng_state(self.device)}
@@ -217,7 +241,12 @@ class Training:
 
     def load_state_dict(self, state: dict) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        optimizer = state["optimizer"]
+        if state.get("format", 1) < 2:  # saved with nn.Linear layers, by an earlier version
+            # Moments of the old shape would load without complaint and update the wrong
+            # elements: the fused kernels only check sizes.
+            optimizer = moments_input_major(optimizer, self.optimizer, self.model)
+        self.optimizer.load_state_dict(optimizer)
         # The config wins over the saved optimiser: PBT restores a checkpoint into a trial
         # whose lr and weight decay it has just changed.
         for group in self.optimizer.param_groups:
