@@ -48,9 +48,8 @@ class InputMajorLinear(nn.Module):
         return self.weight_t.t()
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if x.dim() == 2:
-            return torch.addmm(self.bias, x, self.weight_t)
-        return x @ self.weight_t + self.bias
+        # F.linear multiplies by weight.t(), which is weight_t itself: the row-major operand.
+        return nn.functional.linear(x, self.weight, self.bias)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}"
