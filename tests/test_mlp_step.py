@@ -67,6 +67,39 @@ def test_the_loop_takes_the_hand_written_step_for_the_mlp_only():
     assert not torch.equal(mlp.model[1].weight, before)  # the optimiser stepped
 
 
+@pytest.mark.parametrize(
+    "hidden, depth, dropout, smoothing, batch",
+    [(128, 1, 0.0, 0.0, 64), (2048, 2, 0.3, 0.1, 256)],
+)
+def test_the_mlps_training_does_not_depend_on_the_thread_count(
+    hidden, depth, dropout, smoothing, batch
+):
+    """What lets an MLP trial take up idle cores mid-run (trainable.threads_to_use) without its
+    results depending on when other trials ended."""
+    data = load_dataset(DataSpec(source="synthetic", val_size=500, train_subset=2500))
+    config = {
+        **TrialConfig().model_dump(),
+        **{"hidden": hidden, "depth": depth, "dropout": dropout, "batch_size": batch},
+        **{"label_smoothing": smoothing, "lr": 1e-3},
+    }
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for count in (1, 2, 4):
+            torch.set_num_threads(count)
+            training = Training(config, data, torch.device("cpu"))
+            metrics = {**training.train_epoch(), **training.evaluate("val")}
+            metrics.pop("epoch_time_s")
+            runs.append((training.model.state_dict(), metrics))
+    finally:
+        torch.set_num_threads(threads)
+    (one, one_metrics), *more = runs
+    for state, metrics in more:
+        assert metrics == one_metrics
+        for name, tensor in one.items():
+            assert torch.equal(tensor, state[name]), name
+
+
 def test_input_major_layers_keep_nn_linears_initialisation_and_state_dict():
     torch.manual_seed(0)
     ours = _mlp(hidden=128, shape=(3, 32, 32))

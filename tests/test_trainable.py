@@ -1,13 +1,16 @@
 """The trainable under real Ray Tune, and the tables built from what it reported."""
 
 import json
+import os
 import socket
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from trainable.data import load_dataset
+from trainable.trainable import threads_to_use
 from tuning.config import ExperimentConfig
 from tuning.export import EPOCH_FIELDS, TRIAL_FIELDS, build_tables
 from tuning.runner import run_tuner, share_data
@@ -72,6 +75,8 @@ def test_tables_hold_one_row_per_epoch_and_trial(grid_run):
         assert row["final_val_acc"] == mine[-1]["val_acc"]
         assert row["train_time_s"] == pytest.approx(sum(e["epoch_time_s"] for e in mine))
         assert 0.1 < row["test_acc"] <= 1
+        # Each of the session Ray's 2 CPUs is held by a trial or lent to one: never more.
+        assert all(1 <= e["threads"] <= 2 for e in mine)
 
 
 def test_shared_data_leaves_the_driver_reading_the_object_stores_copy(ray_session):
@@ -100,3 +105,31 @@ def test_trials_record_where_they_ran(grid_run, ray_session):
             socket.gethostname(),
             "cpu",
         )
+
+
+def settled(read, want, timeout_s: float = 15.0):
+    """`read()` once it returns `want`, or its last value after `timeout_s`: Ray's view of a
+    node's resources lags its actors by about a second."""
+    deadline = time.monotonic() + timeout_s
+    while (got := read()) != want and time.monotonic() < deadline:
+        time.sleep(0.2)
+    return got
+
+
+def test_trials_share_out_the_cpus_ray_has_given_no_one(ray_session):
+    @ray_session.remote(num_cpus=1)
+    class Trial:
+        def threads(self) -> int:
+            return threads_to_use(1)
+
+    cores = min(2, len(os.sched_getaffinity(0)))  # the session's Ray has 2 CPUs
+    first = Trial.remote()
+    # Alone on the node: its own CPU and the idle one.
+    assert settled(lambda: ray_session.get(first.threads.remote()), cores) == cores
+    second = Trial.remote()
+    # Two trials hold both CPUs: one thread each, none borrowed.
+    both = [first, second]
+    assert settled(lambda: ray_session.get([t.threads.remote() for t in both]), [1, 1]) == [1, 1]
+    ray_session.kill(second)
+    assert settled(lambda: ray_session.get(first.threads.remote()), cores) == cores
+    ray_session.kill(first)

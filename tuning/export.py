@@ -28,6 +28,7 @@ EPOCH_FIELDS = {
     "val_loss": pa.float64(),  # null when data.val_size is 0
     "val_acc": pa.float64(),
     "epoch_time_s": pa.float64(),  # the training pass alone, evaluation excluded
+    "threads": pa.int64(),  # the trial's CPUs, plus idle ones an MLP trial took up on its node
 }
 TRIAL_FIELDS = {
     "trial_id": pa.string(),
