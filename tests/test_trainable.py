@@ -117,19 +117,30 @@ def settled(read, want, timeout_s: float = 15.0):
 
 
 def test_trials_share_out_the_cpus_ray_has_given_no_one(ray_session):
-    @ray_session.remote(num_cpus=1)
+    @ray_session.remote
     class Trial:
-        def threads(self) -> int:
-            return threads_to_use(1)
+        def threads(self, cpus: float) -> int:
+            return threads_to_use(cpus)
+
+    def threads(trials: list, cpus: float) -> list[int]:
+        return ray_session.get([t.threads.remote(cpus) for t in trials])
 
     cores = min(2, len(os.sched_getaffinity(0)))  # the session's Ray has 2 CPUs
-    first = Trial.remote()
+    first = Trial.options(num_cpus=1).remote()
     # Alone on the node: its own CPU and the idle one.
-    assert settled(lambda: ray_session.get(first.threads.remote()), cores) == cores
-    second = Trial.remote()
+    assert settled(lambda: threads([first], 1), [cores]) == [cores]
+    second = Trial.options(num_cpus=1).remote()
     # Two trials hold both CPUs: one thread each, none borrowed.
     both = [first, second]
-    assert settled(lambda: ray_session.get([t.threads.remote() for t in both]), [1, 1]) == [1, 1]
+    assert settled(lambda: threads(both, 1), [1, 1]) == [1, 1]
     ray_session.kill(second)
-    assert settled(lambda: ray_session.get(first.threads.remote()), cores) == cores
+    assert settled(lambda: threads([first], 1), [cores]) == [cores]
     ray_session.kill(first)
+    # Two half-CPU trials hold one CPU between them and share the idle one: half each, so a
+    # thread each.
+    halves = [Trial.options(num_cpus=0.5).remote() for _ in range(2)]
+    assert settled(lambda: threads(halves, 0.5), [1, 1]) == [1, 1]
+    ray_session.kill(halves[1])
+    # One alone: its half plus the idle one and a half, two threads in all.
+    assert settled(lambda: threads(halves[:1], 0.5), [cores]) == [cores]
+    ray_session.kill(halves[0])

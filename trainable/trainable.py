@@ -42,8 +42,9 @@ def device_label(device: torch.device) -> str:
     return f"cuda:{ray.get_gpu_ids()[0]}" if device.type == "cuda" else device.type
 
 
-def threads_to_use(granted: int) -> int:
-    """The trial's own CPUs plus its share of the CPUs on its node that Ray has given to no one.
+def threads_to_use(cpus: float) -> int:
+    """A thread per whole CPU the trial holds, plus its share of the CPUs on its node that Ray
+    has given to no one.
 
     The tail of a run, and trials a scheduler stopped, leave cores idle that the trials still
     training can use. The idle CPUs are shared out in proportion to the CPUs each trial holds,
@@ -52,8 +53,8 @@ def threads_to_use(granted: int) -> int:
     node = ray.get_runtime_context().get_node_id()
     idle = available_resources_per_node().get(node, {}).get("CPU", 0.0)
     held = total_resources_per_node().get(node, {}).get("CPU", 0.0) - idle
-    share = int(idle * granted / held) if held > 0 else 0
-    return max(1, min(granted + share, len(os.sched_getaffinity(0))))
+    entitled = cpus + (idle * cpus / held if held > 0 else 0.0)
+    return max(1, min(int(entitled), len(os.sched_getaffinity(0))))
 
 
 def load_state(checkpoint_dir: str, device: torch.device) -> dict:
@@ -75,7 +76,7 @@ def evaluate_checkpoint(
 class CifarTrainable(tune.Trainable):
     """Trains one configuration, reporting the DESIGN.md metrics once per epoch.
 
-    Built with `tune.with_parameters(CifarTrainable, data=..., threads=..., evaluate_test=...)`,
+    Built with `tune.with_parameters(CifarTrainable, data=..., cpus=..., evaluate_test=...)`,
     `data` a `SharedData`: the arrays reach every trial from the object store, and run settings
     stay out of `param_space`.
     """
@@ -84,14 +85,16 @@ class CifarTrainable(tune.Trainable):
         self,
         config: dict,
         data: SharedData,
-        threads: int = 1,
+        cpus: float = 1,
         evaluate_test: bool = True,
     ) -> None:
-        """`evaluate_test`: report test accuracy at the last epoch (a grid's table); a search
-        leaves the test set to judge only the configuration it chooses."""
+        """`cpus`: the CPUs Ray gave the trial. `evaluate_test`: report test accuracy at the last
+        epoch (a grid's table); a search leaves the test set to judge only the configuration it
+        chooses."""
         # One thread per CPU Ray gave the trial, or concurrent trials oversubscribe the cores.
-        self.threads = threads
-        torch.set_num_threads(threads)
+        self.cpus = cpus
+        self.threads = max(1, int(cpus))
+        torch.set_num_threads(self.threads)
         self.data = data.get()
         self.evaluate_test = evaluate_test
         self.device = choose_device()
@@ -107,7 +110,7 @@ class CifarTrainable(tune.Trainable):
         # may take up idle cores; other models' kernels round differently with more threads,
         # and their results would depend on when other trials ended.
         borrow = self.device.type == "cpu" and self.training.mlp_step is not None
-        torch.set_num_threads(threads_to_use(self.threads) if borrow else self.threads)
+        torch.set_num_threads(threads_to_use(self.cpus) if borrow else self.threads)
         metrics = {
             **self.training.train_epoch(),
             **self.placement,

@@ -64,7 +64,7 @@ def make_trainable(config: ExperimentConfig, data: SharedData):
         tune.with_parameters(
             CifarTrainable,
             data=data,
-            threads=max(1, int(cpus)),
+            cpus=cpus,
             evaluate_test=config.search.kind == "grid",
         ),
         {"cpu": cpus, "gpu": gpus_per_trial(config)},
