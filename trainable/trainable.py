@@ -42,19 +42,22 @@ def device_label(device: torch.device) -> str:
     return f"cuda:{ray.get_gpu_ids()[0]}" if device.type == "cuda" else device.type
 
 
-def threads_to_use(cpus: float) -> int:
-    """A thread per whole CPU the trial holds, plus its share of the CPUs on its node that Ray
-    has given to no one.
+def threads_to_use(cpus: float, take_idle: bool = True) -> int:
+    """A thread per whole CPU the trial holds (at least one), plus, with `take_idle`, its share
+    of the CPUs on its node that Ray has given to no one.
 
     The tail of a run, and trials a scheduler stopped, leave cores idle that the trials still
     training can use. The idle CPUs are shared out in proportion to the CPUs each trial holds,
     so the trials on a node never run more threads than it has CPUs. Ray's view of the node
     lags by about a second, and a trial looks again at every epoch."""
-    node = ray.get_runtime_context().get_node_id()
-    idle = available_resources_per_node().get(node, {}).get("CPU", 0.0)
-    held = total_resources_per_node().get(node, {}).get("CPU", 0.0) - idle
-    entitled = cpus + (idle * cpus / held if held > 0 else 0.0)
-    return max(1, min(int(entitled), len(os.sched_getaffinity(0))))
+    entitled = cpus
+    if take_idle:
+        node = ray.get_runtime_context().get_node_id()
+        idle = available_resources_per_node().get(node, {}).get("CPU", 0.0)
+        held = total_resources_per_node().get(node, {}).get("CPU", 0.0) - idle
+        entitled += idle * cpus / held if held > 0 else 0.0
+        entitled = min(entitled, len(os.sched_getaffinity(0)))
+    return max(1, int(entitled))
 
 
 def load_state(checkpoint_dir: str, device: torch.device) -> dict:
@@ -93,8 +96,7 @@ class CifarTrainable(tune.Trainable):
         chooses."""
         # One thread per CPU Ray gave the trial, or concurrent trials oversubscribe the cores.
         self.cpus = cpus
-        self.threads = max(1, int(cpus))
-        torch.set_num_threads(self.threads)
+        torch.set_num_threads(threads_to_use(cpus, take_idle=False))
         self.data = data.get()
         self.evaluate_test = evaluate_test
         self.device = choose_device()
@@ -110,7 +112,7 @@ class CifarTrainable(tune.Trainable):
         # may take up idle cores; other models' kernels round differently with more threads,
         # and their results would depend on when other trials ended.
         borrow = self.device.type == "cpu" and self.training.mlp_step is not None
-        torch.set_num_threads(threads_to_use(self.cpus) if borrow else self.threads)
+        torch.set_num_threads(threads_to_use(self.cpus, take_idle=borrow))
         metrics = {
             **self.training.train_epoch(),
             **self.placement,
