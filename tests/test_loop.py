@@ -55,6 +55,19 @@ def test_normalisation(data, normalize):
         torch.testing.assert_close(x, training.train[0].float() / 255)
 
 
+def test_training_batches_are_normalised_into_one_buffer_with_the_same_values(data):
+    training = Training({**CONFIG, "normalize": "channel"}, data, torch.device("cpu"))
+    batches = torch.randperm(len(training.train[1])).split(64)
+    first, _ = training.training_batch(batches[0])
+    assert torch.equal(first, training.normalise(training.train[0][batches[0]]))
+    second, _ = training.training_batch(batches[1])
+    assert torch.equal(second, training.normalise(training.train[0][batches[1]]))
+    assert second.data_ptr() == first.data_ptr()  # the second batch overwrote the first
+    last, _ = training.training_batch(batches[-1])  # a shorter batch: a buffer of its own
+    assert len(last) == len(training.train[1]) % 64 > 0
+    assert torch.equal(last, training.normalise(training.train[0][batches[-1]]))
+
+
 def test_restored_state_continues_exactly(data):
     first = Training(CONFIG, data, torch.device("cpu"))
     first.train_epoch()

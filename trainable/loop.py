@@ -127,11 +127,30 @@ class Training:
         pixels = data.image_shape[1] * data.image_shape[2]
         self.scale = (1 / (255 * std)).repeat_interleave(pixels).view(1, -1).to(device)
         self.shift = (-mean / std).repeat_interleave(pixels).view(1, -1).to(device)
+        self.batch_buffers: dict[tuple[int, int], torch.Tensor] = {}  # see `batch_buffer`
 
-    def normalise(self, images: torch.Tensor) -> torch.Tensor:
-        # uint8 in, float out of the one op: no float copy of the raw batch in between.
-        x = torch.addcmul(self.shift, images.flatten(1), self.scale).view(images.shape)
+    def normalise(self, images: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        """Float images, normalised, from uint8 ones; written into `out` (float, the batch's
+        flattened shape) where given."""
+        flat = images.flatten(1)
+        if out is None:  # uint8 in, float out of the one op
+            x = torch.addcmul(self.shift, flat, self.scale)
+        else:
+            # Convert into `out`, then scale in place: faster than the one mixed-dtype op,
+            # which makes a float copy of its own first.
+            x = torch.addcmul(self.shift, out.copy_(flat), self.scale, out=out)
+        x = x.view(images.shape)
         return x.contiguous(memory_format=torch.channels_last) if self.fast.channels_last else x
+
+    def batch_buffer(self, images: torch.Tensor) -> torch.Tensor:
+        """The float buffer training batches of this shape are normalised into, made once.
+
+        A fresh 768 KiB tensor each step (batch 64) cost the MLP's epoch 4-5% on 2 CPU cores.
+        Each step is done with its batch before the next overwrites it."""
+        shape = (len(images), images[0].numel())
+        if (buffer := self.batch_buffers.get(shape)) is None:
+            buffer = self.batch_buffers[shape] = torch.empty(shape, device=self.device)
+        return buffer
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """bf16 autocast where `fast_paths` chose it, else nothing."""
@@ -146,7 +165,7 @@ class Training:
         # index_select, not images[batch]: a tenth of the time for the same rows.
         x = images.index_select(0, batch)
         x = crop_flip(x, self.config.get("augment", "none"), self.augment_rng)
-        x = self.normalise(x)
+        x = self.normalise(x, out=self.batch_buffer(x))
         if self.config.get("cutout", 0):
             x = cutout(x, self.config["cutout"], self.augment_rng)
         return x, labels.index_select(0, batch)
