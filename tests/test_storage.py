@@ -8,9 +8,9 @@ import tuning.cluster
 from trainable.data import load_dataset
 from tuning.config import ConfigError, ExperimentConfig
 from tuning.export import build_tables
-from tuning.runner import can_resume, run_tuner
+from tuning.runner import run_tuner
 from tuning.search import build_plan
-from tuning.storage import join, prepare_storage, tune_location
+from tuning.storage import can_resume, join, prepare_storage, tune_location
 
 
 def test_tune_folder_is_the_run_folder_or_under_the_storage(tmp_path):
@@ -56,7 +56,7 @@ def test_a_run_keeps_tune_state_under_a_storage_uri(ray_session, tmp_path):
     epochs, trials = build_tables(results, config)
     assert epochs.num_rows == 4
     assert [t["epochs_completed"] for t in trials.to_pylist()] == [2, 2]
-    assert can_resume(config, run_dir)
+    assert can_resume(config.run.storage, run_dir)
 
 
 def test_the_probe_tells_a_folder_a_node_sees_from_one_it_does_not(ray_session, tmp_path):

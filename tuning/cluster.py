@@ -1,4 +1,4 @@
-"""Joining an existing Ray cluster, and the checks a cluster's failure modes deserve."""
+"""Starting Ray or joining an existing cluster, and the checks a cluster's failure modes deserve."""
 
 from __future__ import annotations
 
@@ -14,6 +14,19 @@ from tuning.config import ConfigError
 from tuning.storage import STORAGE_HINT, local_path
 
 PROBE_TIMEOUT_S = 120  # a node's first task starts a worker process: seconds on a busy node
+
+
+def start_ray(address: str | None, dashboard: bool, host: str = "127.0.0.1") -> str | None:
+    """Join the cluster at `address` or RAY_ADDRESS, else start a local Ray; return dashboard."""
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        context = connect(address)
+    else:
+        # "local": a new Ray even where `ray start` left one running. 127.0.0.1 unless asked
+        # otherwise: the dashboard has no authentication of its own.
+        context = ray.init(address="local", include_dashboard=dashboard, dashboard_host=host)
+    url = context.dashboard_url
+    return f"http://{url}" if url and not url.startswith("http") else url
 
 
 def check_reachable(address: str, timeout_s: float = 10) -> None:

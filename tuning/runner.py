@@ -1,4 +1,4 @@
-"""Start (or join) Ray and run one Tuner over the experiment's search space."""
+"""Run one Tuner over the experiment's search space."""
 
 from __future__ import annotations
 
@@ -13,24 +13,11 @@ from ray import tune
 
 from trainable.data import DataBundle
 from trainable.trainable import CifarTrainable, SharedData, evaluate_checkpoint
-from tuning.cluster import connect, trial_nodes
+from tuning.cluster import trial_nodes
 from tuning.config import ExperimentConfig
 from tuning.search import SearchPlan
 from tuning.storage import tune_location, tune_storage
 from tuning.timing import Phases
-
-
-def start_ray(address: str | None, dashboard: bool, host: str = "127.0.0.1") -> str | None:
-    """Join the cluster at `address` or RAY_ADDRESS, else start a local Ray; return dashboard."""
-    address = address or os.environ.get("RAY_ADDRESS")
-    if address:
-        context = connect(address)
-    else:
-        # "local": a new Ray even where `ray start` left one running. 127.0.0.1 unless asked
-        # otherwise: the dashboard has no authentication of its own.
-        context = ray.init(address="local", include_dashboard=dashboard, dashboard_host=host)
-    url = context.dashboard_url
-    return f"http://{url}" if url and not url.startswith("http") else url
 
 
 def gpus_per_trial(config: ExperimentConfig) -> float:
@@ -69,10 +56,6 @@ def make_trainable(config: ExperimentConfig, data: SharedData):
         ),
         {"cpu": cpus, "gpu": gpus_per_trial(config)},
     )
-
-
-def can_resume(config: ExperimentConfig, run_dir: Path) -> bool:
-    return tune.Tuner.can_restore(tune_location(config.run.storage, run_dir))
 
 
 def run_tuner(

@@ -13,6 +13,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import pyarrow
 import pyarrow.fs
+from ray import tune
 
 from tuning.config import ConfigError
 
@@ -45,6 +46,11 @@ def tune_storage(storage: str | None, run_dir: Path) -> tuple[str, str]:
 def tune_location(storage: str | None, run_dir: Path) -> str:
     """The path or URI of Tune's experiment folder for this run (what `--resume` restores)."""
     return join(*tune_storage(storage, run_dir))
+
+
+def can_resume(storage: str | None, run_dir: Path) -> bool:
+    """Whether Tune saved a run's state there for `--resume` to restore."""
+    return tune.Tuner.can_restore(tune_location(storage, run_dir))
 
 
 def filesystem(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
