@@ -84,6 +84,20 @@ def test_restored_state_continues_exactly(data):
     assert got["train_loss"] == expected["train_loss"]
 
 
+def test_a_gpu_trials_checkpoint_loads_on_a_cpu(data):
+    """The driver judges a search's best checkpoint on its CPU, whatever device trained it: a
+    CUDA generator's state (16 bytes, its seed and offset) must not stop the load."""
+    config = {**CONFIG, "augment": "crop_flip"}
+    trained = Training(config, data, torch.device("cpu"))
+    trained.train_epoch()
+    state = trained.state_dict()
+    state["augment_rng"] = torch.zeros(16, dtype=torch.uint8)  # as a CUDA generator saves it
+    restored = Training(config, data, torch.device("cpu"))
+    restored.load_state_dict(state)
+    assert restored.epoch == 1
+    assert restored.evaluate("test") == trained.evaluate("test")
+
+
 def test_same_seed_same_run_other_seed_other_run(data):
     cpu = torch.device("cpu")
     runs = [Training({**CONFIG, "seed": s}, data, cpu).train_epoch() for s in (1, 1, 2)]

@@ -274,8 +274,12 @@ class Training:
         self.set_lr(self.epoch)
         # RNG states must be CPU byte tensors, even where the checkpoint was mapped to a GPU.
         self.shuffle.set_state(state["shuffle_rng"].cpu())
-        if "augment_rng" in state:  # checkpoints from before augmentation lack it
-            self.augment_rng.set_state(state["augment_rng"].cpu())
+        # A generator's state fits only a generator of its device type (a CPU one's is 5056
+        # bytes, a CUDA one's 16). A GPU trial's checkpoint restored on a CPU, as
+        # `evaluate_checkpoint` does on the driver, keeps the fresh stream seeded from the config.
+        saved = state.get("augment_rng")  # checkpoints from before augmentation lack it
+        if saved is not None and saved.numel() == self.augment_rng.get_state().numel():
+            self.augment_rng.set_state(saved.cpu())
         torch.set_rng_state(state["torch_rng"].cpu())
         if "cuda_rng" in state and self.device.type == "cuda":
             torch.cuda.set_rng_state(state["cuda_rng"].cpu(), self.device)
