@@ -7,7 +7,7 @@ from ray import tune
 from trainable.data import load_dataset
 from tuning.config import Distribution, ExperimentConfig
 from tuning.export import build_tables
-from tuning.runner import judge_best, run_tuner
+from tuning.runner import judge_best, run_tuner, trials_at_once
 from tuning.search import STUDY_FILE, build_plan, to_tune
 
 TINY_DATA = {"source": "synthetic", "train_subset": 600, "val_size": 200, "test_subset": 200}
@@ -75,6 +75,34 @@ def test_asha_stops_hopeless_trials_early(ray_session, data, tmp_path):
     hopeless = [row for lr, row in by_lr.items() if lr < 1e-6]
     assert [row["status"] for row in hopeless] == ["early_stopped"] * 3
     assert all(row["epochs_completed"] < 4 for row in hopeless)
+
+
+class TrialsWhenTheFirstStarts(tune.Callback):
+    """How many trials Tune had made when the first one started."""
+
+    def __init__(self) -> None:
+        self.made: int | None = None
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        if self.made is None:
+            self.made = len(trials)
+
+
+def test_an_optuna_search_starts_as_many_trials_at_once_as_fit(ray_session, data, tmp_path):
+    # Tune's default for a searcher of its own is one trial pending at a time: the second is
+    # made only once the first has started, and short trials (seconds, on a GPU) then run one
+    # by one. As many as the resources hold must be under way together.
+    config = tiny(
+        trial={"epochs": 1},
+        search={"kind": "optuna", "space": SPACE, "num_samples": 4},
+        scheduler={"kind": "fifo"},
+        resources={"cpus_per_trial": 1},
+    )
+    assert trials_at_once(config) == 2  # the session's Ray has 2 CPUs
+    first = TrialsWhenTheFirstStarts()
+    results = run_tuner(config, data, tmp_path, build_plan(config, tmp_path), callbacks=[first])
+    assert len(results) == 4 and not results.errors
+    assert first.made == 2
 
 
 def study_params(path):

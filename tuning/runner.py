@@ -10,6 +10,7 @@ import numpy as np
 import ray
 import torch
 from ray import tune
+from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from trainable.data import DataBundle
 from trainable.trainable import CifarTrainable, SharedData, evaluate_checkpoint
@@ -28,6 +29,15 @@ def gpus_per_trial(config: ExperimentConfig) -> float:
         usable = torch.cuda.is_available() or len(trial_nodes()) > 1
         return 0.25 if ray.cluster_resources().get("GPU", 0) and usable else 0
     return float(value)
+
+
+def trials_at_once(config: ExperimentConfig) -> int:
+    """How many trials the cluster's CPUs and GPUs hold at once, at the per-trial resources."""
+    resources = ray.cluster_resources()
+    fits = resources.get("CPU", 1) // config.resources.cpus_per_trial
+    if gpus := gpus_per_trial(config):
+        fits = min(fits, resources.get("GPU", 0) // gpus)
+    return max(int(fits), 1)
 
 
 def share_data(data: DataBundle) -> SharedData:
@@ -94,13 +104,19 @@ def run_tuner(
         with phases.timed("trials"):
             return tuner.fit()
     storage_path, name = tune_storage(config.run.storage, run_dir)
+    search_alg = plan.search_alg
+    if isinstance(search_alg, Searcher) and not isinstance(search_alg, ConcurrencyLimiter):
+        # Without a limit Tune keeps one trial of a searcher such as Optuna's pending at a
+        # time: a trial of seconds (on a GPU) ends before the next one's actor has started,
+        # and four trials per GPU ran one by one. The limit is what the resources hold.
+        search_alg = ConcurrencyLimiter(search_alg, max_concurrent=trials_at_once(config))
     tuner = tune.Tuner(
         trainable,
         param_space=plan.param_space,
         tune_config=tune.TuneConfig(
             metric=config.metric,
             mode=config.mode,
-            search_alg=plan.search_alg,
+            search_alg=search_alg,
             scheduler=plan.scheduler,
             num_samples=plan.num_samples,
             time_budget_s=config.search.time_budget_s,
