@@ -119,18 +119,9 @@ def read_dataset(location: DataLocation) -> DataBundle:
     train_y, val_y = train_y[train_idx], train_y[val_idx]
     # Statistics of the training split only: validation and test stay unseen.
     mean, std = channel_stats(moments[train_idx], train_x[0, 0].size)
+    source = location.source
     return DataBundle(
-        train_x,
-        train_y,
-        val_x,
-        val_y,
-        test_x,
-        test_y,
-        classes,
-        mean,
-        std,
-        fingerprint,
-        location.source,
+        train_x, train_y, val_x, val_y, test_x, test_y, classes, mean, std, fingerprint, source
     )
 
 

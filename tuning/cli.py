@@ -152,8 +152,8 @@ def read_beside_ray_start(location: DataLocation) -> Future[tuple[DataBundle, fl
 
     Starting Ray keeps the driver waiting 3-4 s on 2 cores while Ray's processes leave a third
     of the CPU idle. Torch's import (2 s; the trials' setup and Tune's TensorBoard logger need
-    it) and a cached read (0.5 s) fit in that gap. Torch and its import chain import nothing of
-    Ray's, so the two threads never wait on each other's imports.
+    it) and a cached read (0.5 s) fit in that gap. Torch imports nothing of Ray's, so the two
+    threads' imports cannot deadlock.
     """
 
     def read() -> tuple[DataBundle, float]:
