@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import shutil
@@ -300,7 +301,7 @@ def main() -> None:
         "bare_mib": bare_worker_mib(),
     }
 
-    flops = mlp_training_flops(3072, GRID.trial.hidden, len(data.classes))
+    flops = mlp_training_flops(math.prod(data.image_shape), GRID.trial.hidden, len(data.classes))
     work = Path(tempfile.mkdtemp(prefix="bench_"))
     try:
         cifar_dir = as_torchvision_files(data_dir, str(work / "cifar"))  # untimed conversion
