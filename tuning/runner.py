@@ -105,11 +105,12 @@ def run_tuner(
             return tuner.fit()
     storage_path, name = tune_storage(config.run.storage, run_dir)
     search_alg = plan.search_alg
-    if isinstance(search_alg, Searcher) and not isinstance(search_alg, ConcurrencyLimiter):
+    if isinstance(search_alg, Searcher):
         # Without a limit Tune keeps one trial of a searcher such as Optuna's pending at a
         # time: a trial of seconds (on a GPU) ends before the next one's actor has started,
-        # and four trials per GPU ran one by one. The limit is what the resources hold.
-        search_alg = ConcurrencyLimiter(search_alg, max_concurrent=trials_at_once(config))
+        # and four trials per GPU ran one by one. Unset, the limit is what the resources hold.
+        limit = config.search.max_concurrent or trials_at_once(config)
+        search_alg = ConcurrencyLimiter(search_alg, max_concurrent=limit)
     tuner = tune.Tuner(
         trainable,
         param_space=plan.param_space,

@@ -91,21 +91,18 @@ def build_plan(config: ExperimentConfig, run_dir: Path) -> SearchPlan:
 
 
 def _optuna_searcher(config: ExperimentConfig, first: list[dict], run_dir: Path) -> Searcher:
+    """Optuna's TPE with its study in the run folder; `run_tuner` limits its concurrency."""
     import optuna
-    from ray.tune.search import ConcurrencyLimiter
     from ray.tune.search.optuna import OptunaSearch
 
     # SQLite in the run folder: the study outlives the run, resumes, and optuna-dashboard reads it.
     storage = optuna.storages.RDBStorage(f"sqlite:///{(run_dir / STUDY_FILE).resolve()}")
-    searcher = OptunaSearch(
+    return OptunaSearch(
         points_to_evaluate=first or None,
         sampler=optuna.samplers.TPESampler(seed=config.search.seed),
         study_name=config.name,
         storage=storage,
     )
-    if config.search.max_concurrent:
-        return ConcurrencyLimiter(searcher, max_concurrent=config.search.max_concurrent)
-    return searcher
 
 
 def _scheduler(config: ExperimentConfig) -> TrialScheduler:
