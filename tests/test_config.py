@@ -55,6 +55,11 @@ def write(tmp_path, text: str) -> Path:
         ("trial: {cutout: -4}", "trial.cutout"),
         ("trial: {epochs: 4, warmup: 4}", "warm-up of 4.0 epochs does not end before"),
         ("search: {grid: {epochs: [2, 8]}}\ntrial: {warmup: 3}", "the run's 2 epochs"),
+        ("search: {grid: {width: [16, 32]}}", "search.grid.width only affects model cnn"),
+        (
+            "trial: {model: cnn}\nsearch: {kind: optuna, space: {depth: {choice: [1, 2]}}}",
+            "search.space.depth only affects model mlp",
+        ),
     ],
 )
 def test_bad_values_are_rejected_with_the_key_named(tmp_path, text, expected):
@@ -62,6 +67,18 @@ def test_bad_values_are_rejected_with_the_key_named(tmp_path, text, expected):
         load_config(write(tmp_path, text))
     assert expected in str(err.value)
     assert "exp.yaml" in str(err.value)
+
+
+def test_a_family_field_is_searchable_where_the_search_builds_that_family(tmp_path):
+    text = "search: {grid: {model: [mlp, cnn], width: [16, 32], hidden: [64]}}"
+    assert load_config(write(tmp_path, text)).search.grid["width"] == [16, 32]
+
+
+def test_a_check_across_sections_does_not_echo_the_whole_config(tmp_path):
+    with pytest.raises(ConfigError) as err:
+        load_config(write(tmp_path, "search: {grid: {dropout: [0.1]}}\ntrial: {model: cnn}"))
+    assert "set trial.model: mlp" in str(err.value)
+    assert "got {" not in str(err.value)
 
 
 def test_missing_file_is_a_config_error(tmp_path):

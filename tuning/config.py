@@ -57,6 +57,11 @@ class TrialConfig(Strict):
     seed: int = 0
 
 
+# Trial fields that only one model family reads; searching one where no trial builds that
+# family would spend trials on a dimension that changes nothing.
+FAMILY_FIELDS = {"hidden": "mlp", "depth": "mlp", "dropout": "mlp", "width": "cnn"}
+
+
 class Distribution(Strict):
     """One search dimension, written as `{kind: [arguments]}`; ranges include both ends."""
 
@@ -224,12 +229,32 @@ class ExperimentConfig(Strict):
             self.scheduler.kind = "fifo" if self.search.kind == "grid" else "asha"
         epochs = max([self.trial.epochs, *self.search.grid.get("epochs", [])])
         self._check_warmup()
+        self._check_family_fields()
         if self.scheduler.kind != "fifo" and self.scheduler.grace_period >= epochs:
             raise ValueError(
                 f"scheduler.grace_period ({self.scheduler.grace_period}) must be below "
                 f"trial.epochs ({epochs}), or no trial can be stopped early"
             )
         return self
+
+    def _check_family_fields(self) -> None:
+        """Every searched field must matter to some model the search can build."""
+        searched = self.search.grid or self.search.space
+        where = "search.grid" if self.search.grid else "search.space"
+        if "model" in self.search.grid:
+            models = set(self.search.grid["model"])
+        elif "model" in self.search.space:
+            models = set(self.search.space["model"].values())
+        else:
+            models = {self.trial.model}
+        for key in searched:
+            family = FAMILY_FIELDS.get(key)
+            if family is not None and family not in models:
+                built = " and ".join(sorted(models))
+                raise ValueError(
+                    f"{where}.{key} only affects model {family}, but this search builds only "
+                    f"model {built}: remove {key} from {where}, or set trial.model: {family}"
+                )
 
     def _check_warmup(self) -> None:
         """A warm-up the user wrote must end before the run does. (One a search draws may
@@ -310,7 +335,9 @@ def _describe(err: ValidationError) -> str:
         if problem["type"] == "extra_forbidden":
             message = "unknown key; remove it or fix its spelling"
         got = problem.get("input")
-        shown = "" if problem["type"] in ("extra_forbidden", "missing") else f" (got {got!r})"
+        # A check across sections gets the whole config as its input: not worth echoing.
+        quiet = problem["type"] in ("extra_forbidden", "missing") or isinstance(got, dict)
+        shown = "" if quiet else f" (got {got!r})"
         lines.append(f"  {where}: {message}{shown}")
     return "\n".join(lines)
 
