@@ -37,6 +37,7 @@ def test_gpus_per_trial(monkeypatch, setting, cluster_gpus, cuda_works, expected
     config = ExperimentConfig.model_validate({"resources": {"gpus_per_trial": setting}})
     monkeypatch.setattr(runner.ray, "cluster_resources", lambda: {"CPU": 2, "GPU": cluster_gpus})
     monkeypatch.setattr(runner.torch.cuda, "is_available", lambda: cuda_works)
+    monkeypatch.setattr(runner, "trial_nodes", lambda: [{}])  # one node; no Ray needed
     assert runner.gpus_per_trial(config) == expected
 
 
