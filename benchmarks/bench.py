@@ -81,12 +81,13 @@ def epoch_time(way: str, data_dir: str, threads: int, cache_dir: str | None) -> 
 
 def bare_worker_mib() -> int:
     """Own memory (USS) of a process that has imported what a trial imports and built an
-    optimiser, and nothing else: the fixed cost of a trial's process, whatever its data.
-    The optimiser counts: building any torch.optim optimiser imports torch._dynamo (1.8 s and
-    75 to 150 MiB here), as every PyTorch training process does."""
+    optimiser as a trial does, and nothing else: the fixed cost of a trial's process, whatever
+    its data. (Built plainly, a torch.optim optimiser would import torch._dynamo too, 150 MB
+    more; our trials skip that import, `trainable/eager.py`, and the tutorial way's do not.)"""
     code = (
-        "import torch, ray.tune, trainable.trainable; "
-        "torch.optim.Adam(torch.nn.Linear(1, 1).parameters()); print('ready', flush=True); input()"
+        "import torch, ray.tune, trainable.trainable; from trainable.loop import make_optimizer; "
+        "make_optimizer({'optimizer': 'adam', 'lr': 1e-3, 'weight_decay': 0}, "
+        "torch.nn.Linear(1, 1).parameters()); print('ready', flush=True); input()"
     )
     child = subprocess.Popen(
         [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True

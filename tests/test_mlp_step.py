@@ -159,7 +159,9 @@ def test_the_update_is_the_optimisers_step_exactly(optimizer):
             saved.seek(0)
             step.optimizer.load_state_dict(torch.load(saved, weights_only=True))
     for state, twin in zip(step.optimizer.state.values(), expected.state.values(), strict=True):
+        assert state.keys() == twin.keys()
         for key in state:
             assert torch.equal(state[key], twin[key]), key
+            assert (state[key].dtype, state[key].device) == (twin[key].dtype, twin[key].device)
     # Adam and AdamW took the direct path, on the state loaded last.
     assert (step._adam_state is step.optimizer.state) == (optimizer != "sgd")
