@@ -10,7 +10,7 @@ import torch
 
 import tuning.runner
 from trainable.data import load_dataset
-from trainable.trainable import CHECKPOINT_FILE, CifarTrainable, load_state
+from trainable.trainable import CHECKPOINT_FILE, CifarTrainable, SharedData, load_state
 from tuning.config import ExperimentConfig
 from tuning.export import build_tables, trial_epochs, write_run
 from tuning.search import build_plan
@@ -49,6 +49,40 @@ def test_a_killed_trial_restarts_from_its_checkpoint(ray_session, tmp_path, monk
     assert epochs.column("epoch").to_pylist() == [1, 2, 3]  # exactly one row per epoch
     row = trials.to_pylist()[0]
     assert (row["status"], row["restarts"], row["epochs_completed"]) == ("completed", 1, 3)
+
+
+def test_a_trial_restored_from_its_last_checkpoint_ends_without_training_more(
+    ray_session, tmp_path
+):
+    # A crash or an interrupted run can fall between a trial's last checkpoint and Tune
+    # recording its end; Tune then restores it and asks for another epoch.
+    config = ExperimentConfig.model_validate(TINY)
+    shared = SharedData(ray_session.put(load_dataset(config.data.spec())))
+
+    class Local(CifarTrainable):  # a trainable outside Tune, its log folder in tmp_path
+        def _setup_logdir(self):
+            self._logdir = str(tmp_path)
+
+        def setup(self, trial_config):
+            super().setup(trial_config, data=shared)
+
+    class OtherTrial(Local):  # as PBT restores a trial from another trial's checkpoint
+        trial_id = "another"
+
+    trial = config.trial.model_dump()
+    finished = Local(trial)
+    reports = [finished.step() for _ in range(3)]
+    assert reports[-1]["done"] and reports[-1]["epoch"] == 3
+    finished.save_checkpoint(str(tmp_path))
+
+    restored = Local(trial)
+    restored.load_checkpoint(str(tmp_path))
+    assert restored.step() == reports[-1]  # the last epoch again, test accuracy included
+    assert restored.training.epoch == 3
+
+    cloned = OtherTrial(trial)
+    cloned.load_checkpoint(str(tmp_path))
+    assert cloned.step()["epoch"] == 4  # not its own end: it trains on
 
 
 def test_divergence_is_a_status_not_a_crash(ray_session, tmp_path):

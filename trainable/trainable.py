@@ -101,6 +101,7 @@ class CifarTrainable(tune.Trainable):
         self.evaluate_test = evaluate_test
         self.device = choose_device()
         self.training = Training(config, self.data, self.device)
+        self.final_metrics: dict | None = None  # the last epoch's report, once the trial ends
         # Where the trial runs, in every result (Tune adds `hostname`): trials.parquet keeps it.
         self.placement = {
             "node_id": ray.get_runtime_context().get_node_id(),
@@ -108,6 +109,10 @@ class CifarTrainable(tune.Trainable):
         }
 
     def step(self) -> dict:
+        if self.final_metrics is not None:
+            # Restored from its own last checkpoint (a crash or an interrupted run between that
+            # checkpoint and Tune recording the end): report the last epoch again, train no more.
+            return dict(self.final_metrics)
         # The MLP's hand-written step gives the same bits at 1, 2 or 4 threads (tested), so it
         # may take up idle cores; other models' kernels round differently with more threads,
         # and their results would depend on when other trials ended.
@@ -128,17 +133,28 @@ class CifarTrainable(tune.Trainable):
             if self.evaluate_test:
                 metrics.update(self.training.evaluate("test"))
             metrics["done"] = True
+        if metrics.get("done"):
+            self.final_metrics = dict(metrics)  # a copy: Tune adds its own keys to the result
         return metrics
 
     def save_checkpoint(self, checkpoint_dir: str) -> None:
-        torch.save(self.training.state_dict(), os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+        state = self.training.state_dict()
+        if self.final_metrics is not None:
+            # Whose: PBT may restore another trial from this checkpoint, which must train on.
+            state["final"] = {"trial_id": self.trial_id, "metrics": self.final_metrics}
+        torch.save(state, os.path.join(checkpoint_dir, CHECKPOINT_FILE))
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
-        self.training.load_state_dict(load_state(checkpoint_dir, self.device))
+        state = load_state(checkpoint_dir, self.device)
+        self.training.load_state_dict(state)
+        final = state.get("final")
+        own = final is not None and final["trial_id"] == self.trial_id
+        self.final_metrics = final["metrics"] if own else None
 
     def reset_config(self, new_config: dict) -> bool:
         """Reuse this actor for another trial (`reuse_actors`, PBT): a fresh model, same data."""
         self.training = Training(new_config, self.data, self.device)
+        self.final_metrics = None
         return True
 
     def __repr__(self) -> str:
