@@ -37,7 +37,7 @@ from hardware import mlp_training_flops
 from process_memory import TreeMemory
 from tutorial_grid import as_torchvision_files
 
-from trainable.data import DataError, DataSpec, load_dataset
+from trainable.data import DataConfig, DataError, load_dataset
 from tuning.config import load_config
 from tuning.timing import covered_s
 
@@ -86,7 +86,7 @@ def bare_worker_mib() -> int:
     more; our trials skip that import, `trainable/eager.py`, and the tutorial way's do not.)"""
     code = (
         "import torch, ray.tune, trainable.trainable; from trainable.loop import make_optimizer; "
-        "make_optimizer({'optimizer': 'adam', 'lr': 1e-3, 'weight_decay': 0}, "
+        "from trainable.settings import TrialConfig; make_optimizer(TrialConfig(), "
         "torch.nn.Linear(1, 1).parameters()); print('ready', flush=True); input()"
     )
     child = subprocess.Popen(
@@ -290,7 +290,7 @@ def main() -> None:
     data_dir = str(Path(args.data_dir).resolve())
     cache = ["--set", f"data.cache_dir={args.cache_dir}"] if args.cache_dir else []
     try:
-        data = load_dataset(DataSpec(dir=data_dir, cache_dir=args.cache_dir))
+        data = load_dataset(DataConfig(dir=data_dir, cache_dir=args.cache_dir))
     except DataError as err:
         print(f"error: {err}", file=sys.stderr)
         sys.exit(2)

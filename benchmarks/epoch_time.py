@@ -30,9 +30,9 @@ def optimizer_steps_s(
     """Seconds for `steps` updates of the trial's optimiser, as its training step makes them,
     on a fresh copy of its model, with nothing else running: the part of an epoch that is
     parameter updates."""
+    from trainable.families import build_model
     from trainable.loop import make_optimizer
     from trainable.mlp_step import MLPStep
-    from trainable.models import build_model
 
     model = build_model(config, image_shape, classes)
     step = MLPStep(model, make_optimizer(config, model.parameters()), smoothing=0.0)
@@ -46,14 +46,14 @@ def optimizer_steps_s(
 
 
 def epoch_ours(data_dir: str, cache_dir: str | None, threads: int) -> dict:
-    from trainable.data import DataSpec, load_dataset
+    from trainable.data import DataConfig, load_dataset
     from trainable.loop import Training
     from tuning.cli import REPO
     from tuning.config import load_config
 
-    data = load_dataset(DataSpec(dir=data_dir, cache_dir=cache_dir))
+    data = load_dataset(DataConfig(dir=data_dir, cache_dir=cache_dir))
     trial = load_config(REPO / "configs" / "grid.yaml").trial
-    config = {**trial.model_dump(), "lr": 0.001}
+    config = trial.model_copy(update={"lr": 0.001})
     training = Training(config, data, torch.device("cpu"))
     inputs = math.prod(data.image_shape)
     epoch_flops = len(data.train_y) * mlp_training_flops(inputs, trial.hidden, len(data.classes))

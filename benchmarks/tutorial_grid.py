@@ -62,9 +62,9 @@ def as_torchvision_files(data_dir: str, into: str) -> str:
     """`data_dir` if it holds torchvision's files, else a copy of it in their pickled layout."""
     if os.path.isdir(os.path.join(data_dir, "cifar-10-batches-py")):
         return data_dir
-    from trainable.data import DataSpec, load_dataset
+    from trainable.data import DataConfig, load_dataset
 
-    data = load_dataset(DataSpec(dir=data_dir, val_size=0))
+    data = load_dataset(DataConfig(dir=data_dir, val_size=0))
     folder = os.path.join(into, "cifar-10-batches-py")
     os.makedirs(folder)
     train_x, train_y = data.train_x.reshape(len(data.train_y), -1), data.train_y.tolist()

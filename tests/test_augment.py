@@ -4,9 +4,10 @@ import pytest
 import torch
 
 from trainable.augment import crop_flip, cutout
-from trainable.data import DataSpec, load_dataset
+from trainable.checkpoint import restore_training, training_state
+from trainable.data import DataConfig, load_dataset
 from trainable.loop import Training
-from tuning.config import TrialConfig
+from trainable.settings import TrialConfig
 
 
 def _images(n=64, size=8):
@@ -80,14 +81,14 @@ def test_images_smaller_than_the_padding_still_crop():
         assert set(after.flatten().tolist()) <= set(before.flatten().tolist())
 
 
-def test_unknown_kind_is_refused():
-    with pytest.raises(ValueError, match="unknown augment 'rotate'"):
-        crop_flip(torch.zeros(1, 3, 4, 4), "rotate", _gen())
+def test_unknown_kind_is_refused_by_the_settings():
+    with pytest.raises(ValueError, match="augment"):
+        TrialConfig(augment="rotate")
 
 
 @pytest.fixture(scope="module")
 def data():
-    return load_dataset(DataSpec(source="synthetic", val_size=200, train_subset=600))
+    return load_dataset(DataConfig(source="synthetic", val_size=200, train_subset=600))
 
 
 AUGMENTED = TrialConfig(
@@ -100,15 +101,15 @@ AUGMENTED = TrialConfig(
     label_smoothing=0.1,
     schedule="onecycle",
     warmup=0.5,
-).model_dump()
+)
 
 
 def test_training_batches_keep_labels_and_evaluation_never_augments(data):
     training = Training(AUGMENTED, data, torch.device("cpu"))
     batch = torch.arange(50)
-    x, y = training.training_batch(batch)
-    assert torch.equal(y, training.train[1][batch]) and x.shape == (50, 3, 32, 32)
-    assert not torch.equal(x, training.normalise(training.train[0][batch]))
+    x, y = training.data.training_batch(batch)
+    assert torch.equal(y, training.data.train[1][batch]) and x.shape == (50, 3, 32, 32)
+    assert not torch.equal(x, training.data.normalise(training.data.train[0][batch]))
     # evaluate() reads the stored images unaugmented: the same numbers twice.
     assert training.evaluate("val") == training.evaluate("val")
 
@@ -117,13 +118,13 @@ def test_augmented_run_restores_exactly(data):
     import io
 
     # An MLP: quick, and the augmentation stream is what must be restored.
-    config = {**AUGMENTED, "model": "mlp", "hidden": 16}
+    config = AUGMENTED.model_copy(update={"model": "mlp", "hidden": 16})
     first = Training(config, data, torch.device("cpu"))
     first.train_epoch()
     saved = io.BytesIO()
-    torch.save(first.state_dict(), saved)
+    torch.save(training_state(first), saved)
     expected = first.train_epoch()
-    second = Training({**config, "seed": 7}, data, torch.device("cpu"))
+    second = Training(config.model_copy(update={"seed": 7}), data, torch.device("cpu"))
     saved.seek(0)
-    second.load_state_dict(torch.load(saved, weights_only=True))
+    restore_training(second, torch.load(saved, weights_only=True))
     assert second.train_epoch()["train_loss"] == expected["train_loss"]

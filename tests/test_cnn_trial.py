@@ -45,7 +45,7 @@ def test_cnn_smoke_search_through_ray(ray_session, tmp_path):
             "scheduler": {"kind": "fifo"},
         }
     )
-    data = load_dataset(config.data.spec())
+    data = load_dataset(config.data)
     results = run_tuner(config, data, tmp_path, build_plan(config, tmp_path))
     assert len(results) == 2 and not results.errors
     epochs, trials = build_tables(results, config)

@@ -4,8 +4,8 @@ import pytest
 import trainable.data as data_module
 from tests.conftest import make_image_folder
 from trainable.data import (
+    DataConfig,
     DataError,
-    DataSpec,
     channel_stats,
     load_dataset,
     pixel_moments,
@@ -15,8 +15,8 @@ from trainable.data import (
 CLASSES = ["ant", "bee", "cat"]
 
 
-def spec(tmp_path, root, **kw) -> DataSpec:
-    return DataSpec(dir=str(root), cache_dir=str(tmp_path / "cache"), **kw)
+def spec(tmp_path, root, **kw) -> DataConfig:
+    return DataConfig(dir=str(root), cache_dir=str(tmp_path / "cache"), **kw)
 
 
 def test_image_folder_is_decoded_with_labels_from_sorted_folders(tmp_path):
@@ -84,21 +84,21 @@ def test_statistics_come_from_the_training_split_only(tmp_path):
 
 
 def test_subsets_are_stratified(tmp_path):
-    spec = DataSpec(source="synthetic", val_size=100, train_subset=1000, test_subset=200)
+    spec = DataConfig(source="synthetic", val_size=100, train_subset=1000, test_subset=200)
     data = load_dataset(spec)
     assert len(data.train_y) + len(data.val_y) == 1000 and len(data.test_y) == 200
     assert set(np.bincount(data.val_y)) == {10}
 
 
 def test_synthetic_data_is_deterministic():
-    a = load_dataset(DataSpec(source="synthetic", val_size=100))
-    b = load_dataset(DataSpec(source="synthetic", val_size=100))
+    a = load_dataset(DataConfig(source="synthetic", val_size=100))
+    b = load_dataset(DataConfig(source="synthetic", val_size=100))
     assert a.fingerprint == b.fingerprint and np.array_equal(a.val_x, b.val_x)
 
 
 def test_val_size_must_leave_training_images(tmp_path):
     with pytest.raises(DataError, match="must be smaller than the training set"):
-        load_dataset(DataSpec(source="synthetic", val_size=4000))
+        load_dataset(DataConfig(source="synthetic", val_size=4000))
 
 
 def test_mixed_image_sizes_are_refused(tmp_path):

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from trainable import trainable as trainable_module
-from trainable.data import DataSpec, load_dataset
+from trainable.data import DataConfig, load_dataset
 from trainable.loop import Training
 from trainable.trainable import choose_device
 from tuning import runner
@@ -43,10 +43,10 @@ def test_gpus_per_trial(monkeypatch, setting, cluster_gpus, cuda_works, expected
 
 @pytest.mark.gpu
 def test_a_cuda_trial_keeps_its_data_on_the_gpu_and_learns():
-    data = load_dataset(DataSpec(source="synthetic", train_subset=2000, val_size=500))
-    config = ExperimentConfig.model_validate({"trial": {"hidden": 32}}).trial.model_dump()
+    data = load_dataset(DataConfig(source="synthetic", train_subset=2000, val_size=500))
+    config = ExperimentConfig.model_validate({"trial": {"hidden": 32}}).trial
     training = Training(config, data, torch.device("cuda"))
-    assert all(t.is_cuda for t in (*training.train, *training.val, *training.test))
+    assert all(t.is_cuda for t in (*training.data.train, *training.data.val, *training.data.test))
     for _ in range(3):
         metrics = training.train_epoch()
     assert metrics["train_acc"] > 0.5 and training.evaluate("val")["val_acc"] > 0.5

@@ -9,8 +9,9 @@ import pytest
 import torch
 
 import tuning.runner
+from trainable.checkpoint import CHECKPOINT_FILE, load
 from trainable.data import load_dataset
-from trainable.trainable import CHECKPOINT_FILE, CifarTrainable, SharedData, load_state
+from trainable.trainable import CifarTrainable, SharedData
 from tuning.config import ExperimentConfig
 from tuning.export import build_tables, trial_epochs, write_run
 from tuning.search import build_plan
@@ -41,7 +42,7 @@ def test_a_killed_trial_restarts_from_its_checkpoint(ray_session, tmp_path, monk
     monkeypatch.setattr(CrashOnce, "marker", str(tmp_path / "crashed"))
     monkeypatch.setattr(tuning.runner, "CifarTrainable", CrashOnce)
     config = ExperimentConfig.model_validate(TINY)
-    data = load_dataset(config.data.spec())
+    data = load_dataset(config.data)
     results = tuning.runner.run_tuner(config, data, tmp_path, build_plan(config, tmp_path))
     assert (tmp_path / "crashed").exists()
     assert not results.errors
@@ -57,7 +58,7 @@ def test_a_trial_restored_from_its_last_checkpoint_ends_without_training_more(
     # A crash or an interrupted run can fall between a trial's last checkpoint and Tune
     # recording its end; Tune then restores it and asks for another epoch.
     config = ExperimentConfig.model_validate(TINY)
-    shared = SharedData(ray_session.put(load_dataset(config.data.spec())))
+    shared = SharedData(ray_session.put(load_dataset(config.data)))
 
     class Local(CifarTrainable):  # a trainable outside Tune, its log folder in tmp_path
         def _setup_logdir(self):
@@ -93,7 +94,7 @@ def test_divergence_is_a_status_not_a_crash(ray_session, tmp_path):
             "search": {"grid": {"lr": [0.01, 1e6]}},
         }
     )
-    data = load_dataset(config.data.spec())
+    data = load_dataset(config.data)
     results = tuning.runner.run_tuner(config, data, tmp_path, build_plan(config, tmp_path))
     assert not results.errors
     _, trials = build_tables(results, config)
@@ -148,4 +149,4 @@ def test_checkpoints_load_as_data_only(tmp_path):
     with open(tmp_path / CHECKPOINT_FILE, "wb") as f:
         pickle.dump({"model": Payload()}, f)
     with pytest.raises(pickle.UnpicklingError):
-        load_state(str(tmp_path), torch.device("cpu"))
+        load(str(tmp_path), torch.device("cpu"))

@@ -10,20 +10,22 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+import trainable.mlp
 from tests.conftest import REPO
-from trainable.data import DataSpec, load_dataset
-from trainable.loop import Training
+from trainable.data import DataConfig, load_dataset
+from trainable.families import build_model
+from trainable.loop import Training, make_optimizer
+from trainable.mlp import InputMajorLinear
 from trainable.mlp_step import MLPStep
-from trainable.models import InputMajorLinear, build_model
-from tuning.config import TrialConfig
+from trainable.settings import TrialConfig
+from trainable.steps import AutogradStep
 
 sys.path.insert(0, str(REPO / "benchmarks"))
 from hardware import mlp_training_flops  # noqa: E402
 
 
 def _mlp(depth=1, dropout=0.0, hidden=32, shape=(3, 8, 8)) -> nn.Sequential:
-    config = {"model": "mlp", "hidden": hidden, "depth": depth, "dropout": dropout}
-    return build_model(config, shape, 10)
+    return build_model(TrialConfig(hidden=hidden, depth=depth, dropout=dropout), shape, 10)
 
 
 @pytest.mark.parametrize(
@@ -57,47 +59,69 @@ def test_the_step_runs_the_floors_flops_and_no_more():
 
 
 def test_the_loop_takes_the_hand_written_step_for_the_mlp_only():
-    data = load_dataset(DataSpec(source="synthetic", val_size=100, train_subset=200))
+    data = load_dataset(DataConfig(source="synthetic", val_size=100, train_subset=200))
     cpu = torch.device("cpu")
-    mlp = Training(TrialConfig(hidden=16).model_dump(), data, cpu)
-    cnn = Training(TrialConfig(model="cnn", width=4).model_dump(), data, cpu)
-    assert isinstance(mlp.mlp_step, MLPStep) and cnn.mlp_step is None
+    mlp = Training(TrialConfig(hidden=16, depth=2, dropout=0.2), data, cpu)
+    cnn = Training(TrialConfig(model="cnn", width=4), data, cpu)
+    assert isinstance(mlp.step, MLPStep) and isinstance(cnn.step, AutogradStep)
     before = mlp.model[1].weight.clone()
     assert mlp.train_epoch()["train_loss"] > 0
     assert not torch.equal(mlp.model[1].weight, before)  # the optimiser stepped
 
 
+def _with_layer(model: nn.Sequential, index: int, layer: nn.Module) -> nn.Sequential:
+    layers = list(model)
+    return nn.Sequential(*layers[:index], layer, *layers[index:])
+
+
+class WiderLinear(InputMajorLinear):
+    """A subclass the step cannot know: it may compute something else."""
+
+
 @pytest.mark.parametrize(
-    "hidden, depth, dropout, smoothing, batch",
-    [(128, 1, 0.0, 0.0, 64), (2048, 2, 0.3, 0.1, 256)],
+    "changed",
+    [
+        lambda m: _with_layer(m, 3, nn.GELU()),  # after the hidden ReLU
+        lambda m: _with_layer(m, 2, nn.LayerNorm(32)),  # between the linear and its ReLU
+        lambda m: nn.Sequential(*m[:2], nn.GELU(), *m[3:]),  # GELU instead of ReLU
+        lambda m: nn.Sequential(m[0], WiderLinear(192, 32), *m[2:]),
+        lambda m: nn.Sequential(nn.Flatten(), nn.Linear(192, 32), *m[2:]),
+        lambda m: nn.Sequential(*m[:3], nn.Dropout(0.2), *m[3:6], *m[7:]),  # dropout once of two
+        lambda m: nn.Sequential(*m, nn.Tanh()),
+    ],
 )
-def test_the_mlps_training_does_not_depend_on_the_thread_count(
-    hidden, depth, dropout, smoothing, batch
-):
-    """What lets an MLP trial take up idle cores mid-run (trainable.threads_to_use) without its
-    results depending on when other trials ended."""
-    data = load_dataset(DataSpec(source="synthetic", val_size=500, train_subset=2500))
-    config = {
-        **TrialConfig().model_dump(),
-        **{"hidden": hidden, "depth": depth, "dropout": dropout, "batch_size": batch},
-        **{"label_smoothing": smoothing, "lr": 1e-3},
-    }
-    threads = torch.get_num_threads()
-    runs = []
-    try:
-        for count in (1, 2, 4):
-            torch.set_num_threads(count)
-            training = Training(config, data, torch.device("cpu"))
-            metrics = {**training.train_epoch(), **training.evaluate("val")}
-            metrics.pop("epoch_time_s")
-            runs.append((training.model.state_dict(), metrics))
-    finally:
-        torch.set_num_threads(threads)
-    (one, one_metrics), *more = runs
-    for state, metrics in more:
-        assert metrics == one_metrics
-        for name, tensor in one.items():
-            assert torch.equal(tensor, state[name]), name
+def test_the_step_refuses_any_network_but_the_one_it_computes(changed):
+    assert MLPStep.fits(_mlp(depth=2, dropout=0.3))
+    assert MLPStep.fits(_mlp(depth=1))
+    assert not MLPStep.fits(changed(_mlp(depth=2)))
+
+
+def test_an_mlp_with_a_layer_the_step_does_not_know_trains_through_autograd(monkeypatch):
+    original = trainable.mlp.mlp
+    monkeypatch.setattr(
+        trainable.mlp, "mlp", lambda **kwargs: _with_layer(original(**kwargs), 3, nn.GELU())
+    )
+    data = load_dataset(DataConfig(source="synthetic", val_size=100, train_subset=200))
+    training = Training(TrialConfig(hidden=16), data, torch.device("cpu"))
+    assert [type(m) for m in training.model][2:4] == [nn.ReLU, nn.GELU]
+    assert isinstance(training.step, AutogradStep)
+
+    reference = copy.deepcopy(training.model)
+    optimizer = make_optimizer(TrialConfig(), reference.parameters())
+    images, labels = training.data.training_batch(torch.arange(64))
+    loss, _ = training.step(images, labels)
+    expected = nn.functional.cross_entropy(reference(images), labels)
+    expected.backward()
+    optimizer.step()
+    assert loss.item() == expected.item()
+    for got, want in zip(training.model.parameters(), reference.parameters(), strict=True):
+        assert torch.equal(got, want)
+    # The hand-written step would have trained another network: it skips the GELU.
+    skipping = copy.deepcopy(reference)
+    wrong, _ = MLPStep(skipping, make_optimizer(TrialConfig(), skipping.parameters()), 0.0)(
+        images, labels
+    )
+    assert wrong.item() != pytest.approx(expected.item(), rel=1e-3)
 
 
 def test_input_major_layers_keep_nn_linears_initialisation_and_state_dict():
@@ -133,14 +157,15 @@ def test_the_weight_view_writes_through():
 
 @pytest.mark.parametrize("optimizer", ["adam", "adamw", "sgd"])
 def test_the_update_is_the_optimisers_step_exactly(optimizer):
-    from trainable.loop import make_optimizer
-
-    config = {"optimizer": optimizer, "lr": 0.01, "weight_decay": 0.1}
+    config = TrialConfig(optimizer=optimizer, lr=0.01, weight_decay=0.1)
     torch.manual_seed(0)
     ours = _mlp(depth=2)
     reference = copy.deepcopy(ours)
     step = MLPStep(ours, make_optimizer(config, ours.parameters()), 0.0)
     expected = make_optimizer(config, reference.parameters())
+    # Adam and AdamW update without `optimizer.step()`, which imports torch._dynamo.
+    stepped = []
+    step.optimizer.step = lambda: stepped.append(type(step.optimizer).step(step.optimizer))
     for round in range(2):
         for _ in range(3):
             grads = [torch.randn_like(p) for p in ours.parameters()]
@@ -163,5 +188,4 @@ def test_the_update_is_the_optimisers_step_exactly(optimizer):
         for key in state:
             assert torch.equal(state[key], twin[key]), key
             assert (state[key].dtype, state[key].device) == (twin[key].dtype, twin[key].device)
-    # Adam and AdamW took the direct path, on the state loaded last.
-    assert (step._adam_state is step.optimizer.state) == (optimizer != "sgd")
+    assert bool(stepped) == (optimizer == "sgd")

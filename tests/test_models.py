@@ -3,13 +3,14 @@
 import pytest
 import torch
 
+from trainable.families import FAMILIES, build_model
 from trainable.loop import fast_paths
-from trainable.models import InputMajorLinear, build_model
-from tuning.config import TrialConfig
+from trainable.mlp import InputMajorLinear
+from trainable.settings import TrialConfig
 
 
-def _config(**fields) -> dict:
-    return TrialConfig(**fields).model_dump()
+def _config(**fields) -> TrialConfig:
+    return TrialConfig(**fields)
 
 
 @pytest.mark.parametrize(
@@ -60,12 +61,13 @@ def test_cnn_width_scales_its_channels():
 
 def test_fast_paths_chosen_by_device_and_model():
     # The CUDA decision is a pure function, so it is checked here without a GPU.
-    cuda_cnn = fast_paths(torch.device("cuda").type, "cnn")
+    convolutional = FAMILIES["cnn"].convolutional
+    cuda_cnn = fast_paths(torch.device("cuda").type, convolutional)
     assert cuda_cnn.channels_last and cuda_cnn.autocast is torch.bfloat16
-    cpu_cnn = fast_paths("cpu", "cnn")
+    cpu_cnn = fast_paths("cpu", convolutional)
     assert cpu_cnn.channels_last and cpu_cnn.autocast is None
     for device in ("cpu", "cuda"):
-        mlp = fast_paths(device, "mlp")
+        mlp = fast_paths(device, FAMILIES["mlp"].convolutional)
         assert not mlp.channels_last and mlp.autocast is None
 
 
@@ -74,22 +76,23 @@ def test_fast_paths_chosen_by_device_and_model():
 def test_cnn_trains_on_the_gpu_in_bf16_channels_last_and_restores():
     import io
 
-    from trainable.data import DataSpec, load_dataset
+    from trainable.checkpoint import restore_training, training_state
+    from trainable.data import DataConfig, load_dataset
     from trainable.loop import Training
 
-    data = load_dataset(DataSpec(source="synthetic", val_size=200, train_subset=600))
+    data = load_dataset(DataConfig(source="synthetic", val_size=200, train_subset=600))
     config = _config(model="cnn", width=8, epochs=2, batch_size=100, augment="crop_flip")
     cuda = torch.device("cuda")
     first = Training(config, data, cuda)
-    assert first.train[0].is_cuda  # data and augmentation live on the GPU
+    assert first.data.train[0].is_cuda  # data and augmentation live on the GPU
     assert first.model[0].weight.is_contiguous(memory_format=torch.channels_last)
     first.train_epoch()
     saved = io.BytesIO()
-    torch.save(first.state_dict(), saved)
+    torch.save(training_state(first), saved)
     expected = first.train_epoch()
     second = Training(config, data, cuda)
     saved.seek(0)
-    second.load_state_dict(torch.load(saved, map_location=cuda, weights_only=True))
+    restore_training(second, torch.load(saved, map_location=cuda, weights_only=True))
     got = second.train_epoch()
     assert torch.isfinite(torch.tensor(got["train_loss"]))
     assert got["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-3)

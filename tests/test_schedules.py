@@ -3,13 +3,16 @@
 import pytest
 
 from trainable.schedules import lr_at
+from trainable.settings import TrialConfig
 
-BASE = {"lr": 0.2, "epochs": 10}
+
+def settings(**fields) -> TrialConfig:
+    return TrialConfig(lr=0.2, epochs=10, **fields)
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine", "onecycle"])
 def test_warmup_rises_linearly_to_the_peak(schedule):
-    config = {**BASE, "schedule": schedule, "warmup": 2.0}
+    config = settings(schedule=schedule, warmup=2.0)
     assert lr_at(config, 0) == 0
     assert lr_at(config, 1) == pytest.approx(0.1)
     assert lr_at(config, 2) == pytest.approx(0.2)  # the peak, at the end of the warm-up
@@ -19,7 +22,7 @@ def test_warmup_rises_linearly_to_the_peak(schedule):
 @pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
 @pytest.mark.parametrize("warmup", [0.0, 1.5])
 def test_decaying_schedules_end_at_zero(schedule, warmup):
-    config = {**BASE, "schedule": schedule, "warmup": warmup}
+    config = settings(schedule=schedule, warmup=warmup)
     last_batch = 10 - 1 / 176  # progress at the last of 176 batches per epoch
     assert lr_at(config, last_batch) < 0.002
     assert lr_at(config, 10) == pytest.approx(0, abs=1e-12)
@@ -28,17 +31,17 @@ def test_decaying_schedules_end_at_zero(schedule, warmup):
 
 
 def test_shapes_differ_between_cosine_and_onecycle():
-    cosine = lr_at({**BASE, "schedule": "cosine"}, 2.5)
-    onecycle = lr_at({**BASE, "schedule": "onecycle"}, 2.5)
+    cosine = lr_at(settings(schedule="cosine"), 2.5)
+    onecycle = lr_at(settings(schedule="onecycle"), 2.5)
     assert onecycle == pytest.approx(0.15)  # linear: a quarter of the way down
     assert cosine == pytest.approx(0.2 * 0.5 * (1 + 0.7071067811865476))
 
 
 def test_constant_without_warmup_is_the_old_behaviour():
-    config = {**BASE, "schedule": "constant"}
+    config = settings(schedule="constant")
     assert {lr_at(config, p) for p in (0, 3.3, 9.99)} == {0.2}
 
 
 def test_unknown_schedule_is_refused():
-    with pytest.raises(ValueError, match="unknown schedule 'step'"):
-        lr_at({**BASE, "schedule": "step"}, 1)
+    with pytest.raises(ValueError, match="schedule"):
+        settings(schedule="step")

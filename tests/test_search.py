@@ -22,7 +22,7 @@ def tiny(**sections) -> ExperimentConfig:
 
 @pytest.fixture(scope="module")
 def data():
-    return load_dataset(tiny().data.spec())
+    return load_dataset(tiny().data)
 
 
 def run(config, data, tmp_path):

@@ -48,7 +48,7 @@ def test_a_run_keeps_tune_state_under_a_storage_uri(ray_session, tmp_path):
     )
     run_dir = tmp_path / "results" / "r1"
     run_dir.mkdir(parents=True)
-    data = load_dataset(config.data.spec())
+    data = load_dataset(config.data)
     results = run_tuner(config, data, run_dir, build_plan(config, run_dir))
     assert not results.errors
     assert len(list((store / "r1" / "ray").glob("*/result.json"))) == 2

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import torch
 
-AUGMENTS = ("none", "flip", "crop_flip")
+from trainable.settings import Augment
+
 CROP_PADDING = 4  # pixels each side, as the fast CIFAR-10 trainers use
 
 
@@ -26,15 +27,13 @@ def _reflect(index: torch.Tensor, size: int) -> torch.Tensor:
 
 
 def crop_flip(
-    images: torch.Tensor, kind: str, generator: torch.Generator, padding: int = CROP_PADDING
+    images: torch.Tensor, kind: Augment, generator: torch.Generator, padding: int = CROP_PADDING
 ) -> torch.Tensor:
     """`images` (N, C, H, W, any dtype) flipped and/or shifted as `kind` says.
 
     flip: each image mirrored left-right with probability 1/2. crop_flip: also shifted by up
     to `padding` pixels each way, the borders reflected: a random crop of the padded image.
     """
-    if kind not in AUGMENTS:
-        raise ValueError(f"unknown augment {kind!r} (known: {', '.join(AUGMENTS)})")
     if kind == "none":
         return images
     n, channels, height, width = images.shape

@@ -16,9 +16,12 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
+from pydantic import Field
+
+from trainable.settings import Strict
 
 if TYPE_CHECKING:
     import torch  # imported where images are decoded: a driver may not need torch yet
@@ -33,17 +36,16 @@ class DataError(ValueError):
     """The data dir cannot be used; the message says what to place where."""
 
 
-@dataclass(frozen=True)
-class DataSpec:
-    """Where the data comes from and how it is split (mirrors the config's `data` section)."""
+class DataConfig(Strict):
+    """Where the data comes from and how it is split: the config's `data` section."""
 
-    dir: str = "data"
-    source: str = "auto"
-    val_size: int = 5000
-    split_seed: int = 0
-    train_subset: int | None = None
-    test_subset: int | None = None
-    cache_dir: str | None = None
+    dir: str = "data"  # CIFAR-10's files or an image-folder tree (see the module's docstring)
+    source: Literal["auto", "torchvision", "imagefolder", "synthetic"] = "auto"
+    val_size: int = Field(5000, ge=0)  # images held out of train for validation; 0 = none
+    split_seed: int = 0  # fixed across trials: every trial sees the same split
+    train_subset: int | None = Field(None, ge=1)  # stratified subset of train (smoke runs)
+    test_subset: int | None = Field(None, ge=1)
+    cache_dir: str | None = None  # decoded arrays; default ~/.cache/cifar-tune
 
 
 @dataclass
@@ -71,19 +73,19 @@ class DataBundle:
 class DataLocation:
     """A dataset found but not yet read: its source, its files and its cache folder."""
 
-    spec: DataSpec
+    spec: DataConfig
     source: str
     root: Path | None = None  # None: synthetic
     files: tuple[str, ...] = ()  # what the cache key covers (image-folder: every image)
     cache: Path | None = None
 
 
-def load_dataset(spec: DataSpec) -> DataBundle:
+def load_dataset(spec: DataConfig) -> DataBundle:
     """Load (decoding once, then from cache), subset and split the data `spec` names."""
     return read_dataset(locate_dataset(spec))
 
 
-def locate_dataset(spec: DataSpec) -> DataLocation:
+def locate_dataset(spec: DataConfig) -> DataLocation:
     """Find the data `spec` names without reading it: DataError at once where the dir holds
     no dataset. Lists the files to key the cache (0.2-0.5 s for CIFAR-10's 60k images)."""
     if spec.source == "synthetic":

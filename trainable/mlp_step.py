@@ -3,8 +3,10 @@
 An MLP is a few matrix products. At batch 64 on 2 CPU cores, building and walking autograd's
 graph and allocating and zeroing gradients cost about as much as the products themselves;
 here the forward keeps what the backward needs, and each gradient is written into a buffer
-made once. It is the same maths as autograd on `models.mlp` (tests/test_mlp_step.py holds
+made once. It is the same maths as autograd on `mlp.mlp` (tests/test_mlp_step.py holds
 the gradients to autograd's), with dropout drawing the same random numbers as nn.Dropout.
+It steps only a network that is exactly that sequence (`MLPStep.fits`); any other trains
+through autograd.
 """
 
 from __future__ import annotations
@@ -12,13 +14,35 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.optim.adam import adam
 
-from trainable.models import InputMajorLinear
+from trainable.mlp import InputMajorLinear
 
 
 class MLPStep:
-    """Forward, cross-entropy and backward for an MLP built by `models.mlp`, then the
+    """Forward, cross-entropy and backward for an MLP built by `mlp.mlp`, then the
     optimiser's step."""
+
+    @staticmethod
+    def fits(model: nn.Module) -> bool:
+        """Whether `model` is exactly what this step computes: Flatten, then hidden layers of
+        InputMajorLinear → ReLU (→ Dropout, one rate for all), then an InputMajorLinear. Exact
+        types: a subclass may compute something else."""
+        layers = list(model) if type(model) is nn.Sequential else []
+        if not layers or type(layers[0]) is not nn.Flatten or layers[0].start_dim != 1:
+            return False
+        rates, index = [], 1  # each hidden layer's dropout rate, 0 for none: one for all
+        while index < len(layers) and type(layers[index]) is InputMajorLinear:
+            index += 1
+            if index == len(layers):
+                return len(set(rates)) <= 1
+            if type(layers[index]) is not nn.ReLU:
+                return False
+            index += 1
+            dropout = index < len(layers) and type(layers[index]) is nn.Dropout
+            rates.append(layers[index].p if dropout else 0.0)
+            index += dropout
+        return False
 
     def __init__(self, model: nn.Sequential, optimizer: torch.optim.Optimizer, smoothing: float):
         # Each layer's input-major weight and bias, looked up once: nn.Module attribute
@@ -30,8 +54,6 @@ class MLPStep:
         self.optimizer = optimizer
         for param in model.parameters():
             param.grad = torch.zeros_like(param)
-        self._adam_state: dict | None = None  # the optimiser state `_adam_lists` was built from
-        self._adam_lists: tuple = ()
         # The -(1 - s) added at each row's true class, a column per batch size.
         self.true_class: dict[int, torch.Tensor] = {}
 
@@ -46,43 +68,32 @@ class MLPStep:
     def update(self) -> None:
         """The optimiser's step on the gradients `backward` wrote.
 
-        Fused Adam and AdamW call the fused kernel that `optimizer.step()` ends in, on the
-        optimiser's own state and hyperparameters (lr is set every step): the same kernel and
-        the same state, without the Python around it (grouping tensors by device, checks),
-        about 25 us a step on 2 CPU cores, 2% of a batch-64 step. The first step creates the state
-        with Adam's own `_init_group`, as `optimizer.step()` does; `step()` itself would import
-        torch._dynamo (`trainable/eager.py`). Every other optimiser goes through `step()`.
+        Adam and AdamW go through torch.optim's functional `adam` on the optimiser's own state
+        and hyperparameters (lr is set every step): the same fused kernel and state as
+        `optimizer.step()`, which would import torch._dynamo (`trainable/eager.py`); the first
+        step creates the state with Adam's own `_init_group`, as `step()` does. Every other
+        optimiser goes through `step()`.
         """
         optimizer = self.optimizer
         group = optimizer.param_groups[0]
-        direct = isinstance(optimizer, torch.optim.Adam) and group["fused"]
-        if not direct or group["amsgrad"] or "decoupled_weight_decay" not in group:
+        if not isinstance(optimizer, torch.optim.Adam) or group["amsgrad"]:
             optimizer.step()
             return
         if not optimizer.state:  # the first step: zero moments and step counts
             optimizer._init_group(group, [], [], [], [], [], [])
-        if self._adam_state is not optimizer.state:  # first use, or a checkpoint was loaded
-            self._adam_state = optimizer.state
-            params = group["params"]
-            states = [optimizer.state[p] for p in params]
-            self._adam_lists = (
-                params,
-                [p.grad for p in params],
-                [s["exp_avg"] for s in states],
-                [s["exp_avg_sq"] for s in states],
-                [s["step"] for s in states],
-            )
-        params, grads, exp_avgs, exp_avg_sqs, steps = self._adam_lists
-        torch._foreach_add_(steps, 1)
-        kernel = torch._fused_adamw_ if group["decoupled_weight_decay"] else torch._fused_adam_
+        params = group["params"]
+        states = [optimizer.state[p] for p in params]
         beta1, beta2 = group["betas"]
-        kernel(
+        adam(
             params,
-            grads,
-            exp_avgs,
-            exp_avg_sqs,
+            [p.grad for p in params],
+            [s["exp_avg"] for s in states],
+            [s["exp_avg_sq"] for s in states],
             [],  # max_exp_avg_sqs: amsgrad only
-            steps,
+            [s["step"] for s in states],
+            foreach=group["foreach"],
+            fused=group["fused"],
+            decoupled_weight_decay=group["decoupled_weight_decay"],
             amsgrad=False,
             lr=group["lr"],
             beta1=beta1,

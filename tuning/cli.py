@@ -13,7 +13,14 @@ from datetime import datetime
 from pathlib import Path
 
 from trainable.data import DataBundle, DataError, DataLocation, locate_dataset, read_dataset
-from tuning.config import ConfigError, ExperimentConfig, load_config, smoke_overrides
+from trainable.settings import uses_import_path
+from tuning.config import (
+    ConfigError,
+    ExperimentConfig,
+    check_own_models,
+    load_config,
+    smoke_overrides,
+)
 from tuning.export import build_tables, run_metadata, write_config, write_run
 from tuning.storage import can_resume, is_uri, prepare_storage, tune_location
 from tuning.summary import grid_table, node_counts, search_summary
@@ -132,11 +139,14 @@ def dashboard_warning(args: argparse.Namespace) -> str | None:
 def main(default_config: str, argv: list[str] | None = None) -> int:
     """Run one experiment end to end; 0 on success, 2 on bad input, 1 when a trial failed."""
     args = parse_args(argv)
+    # A model of the user's own imports from the working directory, as with `python -m`
+    # (appended: it shadows nothing). Ray gives the trials the same directory.
+    sys.path.append(os.getcwd())
     phases = Phases()
     try:
         config, run_dir = resolve_run(args, default_config)
         with phases.timed("data_load"):
-            location = locate_dataset(config.data.spec())  # a wrong --data-dir fails here
+            location = locate_dataset(config.data)  # a wrong --data-dir fails here
     except (ConfigError, DataError) as err:
         return refuse(err)
     try:
@@ -221,7 +231,10 @@ def run_experiment(
     try:
         with phases.timed("ray_start"):
             dashboard = start_ray(
-                args.address, dashboard=not args.no_dashboard, host=args.dashboard_host
+                args.address,
+                dashboard=not args.no_dashboard,
+                host=args.dashboard_host,
+                ship=[model for model in config.models() if uses_import_path(model)],
             )
         if address := args.address or os.environ.get("RAY_ADDRESS"):
             print(f"joined the Ray cluster at {address}: {describe_cluster()}")
@@ -230,6 +243,7 @@ def run_experiment(
             print(f"warning: {warning}", file=sys.stderr)
         with phases.timed("data_load"):  # what of the read Ray's start did not cover
             data, read_s = reading.result()
+        check_own_models(config, data.image_shape, len(data.classes))
     except (ConfigError, DataError) as err:
         ray.shutdown()
         return refuse(err, made)

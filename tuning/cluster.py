@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
+import sysconfig
 import uuid
 from pathlib import Path
 
@@ -16,11 +18,18 @@ from tuning.storage import STORAGE_HINT, local_path
 PROBE_TIMEOUT_S = 120  # a node's first task starts a worker process: seconds on a busy node
 
 
-def start_ray(address: str | None, dashboard: bool, host: str = "127.0.0.1") -> str | None:
-    """Join the cluster at `address` or RAY_ADDRESS, else start a local Ray; return dashboard."""
+def start_ray(
+    address: str | None, dashboard: bool, host: str = "127.0.0.1", ship: list[str] = ()
+) -> str | None:
+    """Join the cluster at `address` or RAY_ADDRESS, else start a local Ray; return dashboard.
+
+    `ship`: the import paths of users' models. A local Ray's workers import them as the
+    driver does (Ray gives them its working directory and they inherit PYTHONPATH); a
+    cluster's nodes get a copy of each one's top-level package or module."""
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        context = connect(address)
+        modules = sorted({path for model in ship if (path := user_code(model))})
+        context = connect(address, {"py_modules": modules} if modules else None)
     else:
         # "local": a new Ray even where `ray start` left one running. 127.0.0.1 unless asked
         # otherwise: the dashboard has no authentication of its own.
@@ -45,12 +54,21 @@ def check_reachable(address: str, timeout_s: float = 10) -> None:
         ) from None
 
 
-def connect(address: str) -> ray.RayContext:
+def user_code(model: str) -> str | None:
+    """The folder of the top-level package (or the file of the module) that holds the model
+    `package.module:function`, unless it is installed: what a cluster's nodes need a copy of."""
+    top = sys.modules[model.partition(":")[0].split(".")[0]]  # imported by the config's check
+    path = Path(top.__path__[0] if hasattr(top, "__path__") else top.__file__).resolve()
+    installed = {Path(sysconfig.get_path(kind)).resolve() for kind in ("purelib", "platlib")}
+    return None if installed & {*path.parents} else str(path)
+
+
+def connect(address: str, runtime_env: dict | None = None) -> ray.RayContext:
     """`ray.init` on an existing cluster, with Ray's connection errors turned into ConfigError."""
     check_reachable(address)
     try:
         # An existing cluster has its own dashboard and resources: pass no local-only options.
-        return ray.init(address=address)
+        return ray.init(address=address, runtime_env=runtime_env)
     except ConnectionError as err:
         if _refused_token(err):
             # Ray never sends this machine's token to an address given explicitly on its own.

@@ -8,58 +8,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
 
-from trainable.data import DataSpec
+from trainable.data import DataConfig
+from trainable.families import MODEL_ARGS, ModelError, check_model, readers
+from trainable.settings import Strict, TrialConfig, uses_import_path
 
 
 class ConfigError(ValueError):
     """A config file, flag or override the user must fix; the message says how."""
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid", validate_assignment=True)
-
-
-class DataConfig(Strict):
-    dir: str = "data"  # CIFAR-10 files or an image-folder tree; see trainable/data.py
-    source: Literal["auto", "torchvision", "imagefolder", "synthetic"] = "auto"
-    val_size: int = Field(5000, ge=0)  # images held out of train for validation; 0 = none
-    split_seed: int = 0  # fixed across trials: every trial sees the same split
-    train_subset: int | None = Field(None, ge=1)  # stratified subset of train (smoke runs)
-    test_subset: int | None = Field(None, ge=1)
-    cache_dir: str | None = None  # decoded arrays; default ~/.cache/cifar-tune
-
-    def spec(self) -> DataSpec:
-        return DataSpec(**self.model_dump())
-
-
-class TrialConfig(Strict):
-    """Everything one trial needs; each field can be searched over."""
-
-    model: Literal["mlp", "cnn"] = "mlp"
-    hidden: int = Field(128, ge=1)  # mlp: units per hidden layer
-    depth: int = Field(1, ge=1)  # mlp: hidden layers; 1 is the original network
-    dropout: float = Field(0.0, ge=0, lt=1)  # mlp: after each hidden layer; 0 = none
-    width: int = Field(32, ge=1)  # cnn: stem channels; the stages have 2× and 4× this
-    optimizer: Literal["adam", "adamw", "sgd"] = "adam"  # sgd uses Nesterov momentum 0.9
-    lr: float = Field(0.001, gt=0)  # the peak rate: reached after warm-up
-    batch_size: int = Field(64, ge=1)
-    epochs: int = Field(5, ge=1)
-    weight_decay: float = Field(0.0, ge=0)
-    # constant | cosine: lr → 0 over the run | onecycle: lr → 0 linearly; all stepped per batch
-    schedule: Literal["constant", "cosine", "onecycle"] = "constant"
-    warmup: float = Field(0.0, ge=0)  # epochs of linear warm-up from 0 to lr, before the schedule
-    label_smoothing: float = Field(0.0, ge=0, lt=1)  # training loss only; val/test loss are plain
-    augment: Literal["none", "flip", "crop_flip"] = "none"  # crop: shift ≤ 4 px, reflected edges
-    cutout: int = Field(0, ge=0)  # side in pixels of a square zeroed in each training image
-    normalize: Literal["channel", "none"] = "channel"  # none = scale to [0, 1], as the original
-    seed: int = 0
-
-
-# Trial fields that only one model family reads; searching one where no trial builds that
-# family would spend trials on a dimension that changes nothing.
-FAMILY_FIELDS = {"hidden": "mlp", "depth": "mlp", "dropout": "mlp", "width": "cnn"}
 
 
 class Distribution(Strict):
@@ -95,7 +52,10 @@ class Distribution(Strict):
         return getattr(self, self.kind)
 
     def nearest(self, value: Any) -> Any:
-        """`value` if the distribution can draw it, else the closest value it can."""
+        """`value` if the distribution can draw it, else the closest value it can (the first
+        choice, or the range's low end, for no value)."""
+        if value is None:
+            return self.values()[0]
         if self.kind == "choice":
             return value if value in self.args else self.args[0]
         return min(max(value, self.args[0]), self.args[1])
@@ -150,13 +110,21 @@ class SearchConfig(Strict):
 
 
 def _check_trial_key(key: str) -> None:
-    if key not in TrialConfig.model_fields:
-        known = ", ".join(TrialConfig.model_fields)
-        raise ValueError(f"'{key}' is not a trial parameter (known: {known})")
+    if key.startswith(f"{MODEL_ARGS}.") and len(key) > len(MODEL_ARGS) + 1:
+        return  # a keyword argument of a user's model: any name it takes
+    if key not in TrialConfig.model_fields or key == MODEL_ARGS:
+        known = ", ".join(k for k in TrialConfig.model_fields if k != MODEL_ARGS)
+        raise ValueError(
+            f"'{key}' is not a trial parameter (known: {known}, or {MODEL_ARGS}.<name> for a "
+            "model of your own)"
+        )
 
 
 def _trial_value(key: str, value: Any) -> Any:
-    """`value` validated and coerced as the trial field `key` would be."""
+    """`value` validated and coerced as the trial field `key` would be. A user's model checks
+    its own arguments when it is built (`families.check_model`)."""
+    if key.startswith(f"{MODEL_ARGS}."):
+        return value
     try:
         return getattr(TrialConfig.model_validate({key: value}), key)
     except ValidationError as err:
@@ -237,24 +205,54 @@ class ExperimentConfig(Strict):
             )
         return self
 
+    def models(self) -> set[str]:
+        """Every model a trial of this search can build."""
+        if "model" in self.search.grid:
+            return set(self.search.grid["model"])
+        if "model" in self.search.space:
+            return set(self.search.space["model"].values())
+        return {self.trial.model}
+
+    def own_models(self) -> list[TrialConfig]:
+        """A trial's settings for each user's model the search can build, and for each value a
+        searched `model_args` entry can take (a range: its ends), the rest as in `trial`."""
+        points = []
+        for model in sorted(m for m in self.models() if uses_import_path(m)):
+            base = self.trial.model_copy(update={"model": model})
+            points.append(base)
+            searched = {key: list(values) for key, values in self.search.grid.items()}
+            searched.update({key: dist.values() for key, dist in self.search.space.items()})
+            for key, values in searched.items():
+                if key.startswith(f"{MODEL_ARGS}."):
+                    name = key.split(".", 1)[1]
+                    points += [
+                        base.model_copy(update={MODEL_ARGS: {**base.model_args, name: value}})
+                        for value in values
+                    ]
+        return points
+
     def _check_family_fields(self) -> None:
         """Every searched field must matter to some model the search can build."""
         searched = self.search.grid or self.search.space
         where = "search.grid" if self.search.grid else "search.space"
-        if "model" in self.search.grid:
-            models = set(self.search.grid["model"])
-        elif "model" in self.search.space:
-            models = set(self.search.space["model"].values())
-        else:
-            models = {self.trial.model}
+        models = self.models()
+        own = {model for model in models if uses_import_path(model)}
+        built = " and ".join(sorted(models))
         for key in searched:
-            family = FAMILY_FIELDS.get(key)
-            if family is not None and family not in models:
-                built = " and ".join(sorted(models))
-                raise ValueError(
-                    f"{where}.{key} only affects model {family}, but this search builds only "
-                    f"model {built}: remove {key} from {where}, or set trial.model: {family}"
-                )
+            families = readers(key)
+            if families is None or families & models or (families == set() and own):
+                continue
+            needs = f"model {' or '.join(sorted(families))}" if families else "a model of your own"
+            model = sorted(families)[0] if families else "'package.module:function'"
+            raise ValueError(
+                f"{where}.{key} only affects {needs}, but this search builds only "
+                f"model {built}: remove {key} from {where}, or set trial.model: {model}"
+            )
+        if self.trial.model_args and not own:
+            raise ValueError(
+                f"trial.model_args only reach a model named by an import path, but this "
+                f"search builds only model {built}: remove model_args or name your model"
+            )
 
     def _check_warmup(self) -> None:
         """A warm-up the user wrote must end before the run does. (One a search draws may
@@ -266,6 +264,18 @@ class ExperimentConfig(Strict):
                 f"warm-up of {warmup} epochs does not end before the run's {epochs} epochs; "
                 "lower trial.warmup (or its grid values) or raise trial.epochs"
             )
+
+
+def check_own_models(
+    config: ExperimentConfig, input_shape: tuple[int, ...], num_classes: int
+) -> None:
+    """ConfigError unless every user's model the search can build maps a float batch of the
+    data's shape to (N, num_classes) logits: refused before any trial starts."""
+    for trial in config.own_models():
+        try:
+            check_model(trial, input_shape, num_classes)
+        except ModelError as err:
+            raise ConfigError(str(err)) from None
 
 
 def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:

@@ -18,6 +18,7 @@ import pyarrow.parquet as pq
 import yaml
 from ray import tune
 
+from trainable.families import MODEL_ARGS
 from tuning.config import ExperimentConfig
 
 EPOCH_FIELDS = {
@@ -131,20 +132,21 @@ def build_tables(
 
     `judged` maps trial ids to the test accuracy the driver measured on their last checkpoint.
     """
-    params = list(config.trial.model_dump())
     judged = judged or {}
     # Through the results' filesystem: with run.storage on s3:// or gs:// nothing is local.
     restarts = trial_restarts(results.experiment_path, results.filesystem)
     epoch_rows, trial_rows = [], []
+    params = dict.fromkeys(flat_settings(config.trial.model_dump()))  # ordered: first seen first
     for result in results:
         trial_id = Path(result.path).name
         epochs = trial_epochs(result.path, result.filesystem)
         if gaps := missing_epochs(epochs):
             print(f"warning: no record of epochs {gaps} of trial {trial_id}", file=sys.stderr)
-        hyper = {key: result.config.get(key) for key in params}
+        hyper = flat_settings(result.config)
+        params.update(dict.fromkeys(hyper))
         for row in epochs:
             # Each report carries the config it ran with: PBT changes lr between epochs.
-            at_epoch = {key: row.get("config", result.config).get(key) for key in params}
+            at_epoch = flat_settings(row.get("config", result.config))
             metrics = {k: row.get(k) for k in list(EPOCH_FIELDS)[1:]}
             epoch_rows.append({"trial_id": trial_id, **metrics, **at_epoch})
         val_accs = [row["val_acc"] for row in epochs if row.get("val_acc") is not None]
@@ -164,7 +166,17 @@ def build_tables(
                 **{key: last.get(key) for key in ("node_id", "hostname", "device")},
             }
         )
+    params = list(params)
     return _table(epoch_rows, EPOCH_FIELDS, params), _table(trial_rows, TRIAL_FIELDS, params)
+
+
+def flat_settings(trial: dict) -> dict:
+    """A trial's settings a column each: its model's `model_args` as `model_args.<name>`."""
+    own = trial.get(MODEL_ARGS) or {}
+    return {
+        **{key: value for key, value in trial.items() if key != MODEL_ARGS},
+        **{f"{MODEL_ARGS}.{name}": value for name, value in own.items()},
+    }
 
 
 def _table(rows: list[dict], fixed: dict[str, pa.DataType], params: list[str]) -> pa.Table:

@@ -17,6 +17,8 @@ from ray.tune.schedulers import (
 )
 from ray.tune.search import BasicVariantGenerator, Searcher
 
+from trainable.families import MODEL_ARGS
+from trainable.settings import TrialConfig
 from tuning.config import ConfigError, Distribution, ExperimentConfig
 
 STUDY_FILE = "study.db"
@@ -48,13 +50,39 @@ def to_tune(dist: Distribution) -> Any:
 
 
 def param_space(config: ExperimentConfig) -> dict[str, Any]:
-    """The trial config with every searched field replaced by its Tune sampler."""
+    """The trial config with every searched field replaced by its Tune sampler; a dotted key
+    (`model_args.width`) reaches into the nested mapping."""
     space: dict[str, Any] = config.trial.model_dump()
-    for key, values in config.search.grid.items():
-        space[key] = tune.grid_search(values)
-    for key, dist in config.search.space.items():
-        space[key] = to_tune(dist)
+    searched = {
+        **{key: tune.grid_search(values) for key, values in config.search.grid.items()},
+        **{key: to_tune(dist) for key, dist in config.search.space.items()},
+    }
+    for key, sampler in searched.items():
+        *parents, leaf = key.split(".")
+        node = space
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = sampler
     return space
+
+
+def nested(point: dict[str, Any]) -> dict[str, Any]:
+    """`{"model_args.width": 8}` as `{"model_args": {"width": 8}}`, the shape of a config."""
+    out: dict[str, Any] = {}
+    for key, value in point.items():
+        *parents, leaf = key.split(".")
+        node = out
+        for parent in parents:
+            node = node.setdefault(parent, {})
+        node[leaf] = value
+    return out
+
+
+def trial_value(trial: TrialConfig, key: str) -> Any:
+    """The trial section's value for a searched key, dotted or not; None where it has none."""
+    if key.startswith(f"{MODEL_ARGS}."):
+        return trial.model_args.get(key.split(".", 1)[1])
+    return getattr(trial, key)
 
 
 def build_plan(config: ExperimentConfig, run_dir: Path) -> SearchPlan:
@@ -68,16 +96,18 @@ def build_plan(config: ExperimentConfig, run_dir: Path) -> SearchPlan:
         kind = "random"
     first = []
     if search.evaluate_trial_first:
-        point = {key: getattr(config.trial, key) for key in search.space}
+        point = {key: trial_value(config.trial, key) for key in search.space}
         first = [{key: search.space[key].nearest(value) for key, value in point.items()}]
         if first[0] != point:
             notes.append(f"first point moved into the search space: {point} → {first[0]}")
     try:
         if kind == "optuna":
-            search_alg = _optuna_searcher(config, first, run_dir)
+            # Optuna names a nested parameter by its path joined with "/" (Tune's flattening).
+            flat = [{key.replace(".", "/"): value for key, value in p.items()} for p in first]
+            search_alg = _optuna_searcher(config, flat, run_dir)
         elif kind == "random":
             search_alg = BasicVariantGenerator(
-                points_to_evaluate=first or None,
+                points_to_evaluate=[nested(point) for point in first] or None,
                 max_concurrent=search.max_concurrent or 0,
                 random_state=search.seed,
             )

@@ -1,0 +1,62 @@
+"""A trial's checkpoint: everything needed to continue training exactly, as one file."""
+
+from __future__ import annotations
+
+import os
+
+import torch
+
+from trainable.loop import Training
+
+CHECKPOINT_FILE = "state.pt"
+
+
+def training_state(training: Training) -> dict:
+    """Weights, optimiser, epoch and every random stream of `training`."""
+    return {
+        "model": training.model.state_dict(),
+        "optimizer": training.optimizer.state_dict(),
+        "epoch": training.epoch,
+        "shuffle_rng": training.shuffle.get_state(),
+        "augment_rng": training.data.augment_rng.get_state(),
+        "torch_rng": torch.get_rng_state(),
+        # Dropout on a GPU draws from CUDA's stream, not the CPU one above.
+        **(
+            {"cuda_rng": torch.cuda.get_rng_state(training.device)}
+            if training.device.type == "cuda"
+            else {}
+        ),
+    }
+
+
+def restore_training(training: Training, state: dict) -> None:
+    """Continue `training` from `state`, as `training_state` made it."""
+    training.model.load_state_dict(state["model"])
+    training.optimizer.load_state_dict(state["optimizer"])
+    # The trial's settings win over the saved optimiser: PBT restores a checkpoint into a trial
+    # whose lr and weight decay it has just changed.
+    for group in training.optimizer.param_groups:
+        group["weight_decay"] = training.trial.weight_decay
+    training.epoch = state["epoch"]
+    training.set_lr(training.epoch)
+    # RNG states must be CPU byte tensors, even where the checkpoint was mapped to a GPU.
+    training.shuffle.set_state(state["shuffle_rng"].cpu())
+    # A generator's state fits only a generator of its device type (a CPU one's is 5056 bytes,
+    # a CUDA one's 16). A GPU trial's checkpoint restored on a CPU, as `evaluate_checkpoint`
+    # does on the driver, keeps the fresh stream seeded from the trial's settings.
+    augment_rng = training.data.augment_rng
+    if state["augment_rng"].numel() == augment_rng.get_state().numel():
+        augment_rng.set_state(state["augment_rng"].cpu())
+    torch.set_rng_state(state["torch_rng"].cpu())
+    if "cuda_rng" in state and training.device.type == "cuda":
+        torch.cuda.set_rng_state(state["cuda_rng"].cpu(), training.device)
+
+
+def save(state: dict, checkpoint_dir: str) -> None:
+    torch.save(state, os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+
+
+def load(checkpoint_dir: str, device: torch.device) -> dict:
+    # weights_only: a checkpoint is data, never code to run.
+    path = os.path.join(checkpoint_dir, CHECKPOINT_FILE)
+    return torch.load(path, map_location=device, weights_only=True)

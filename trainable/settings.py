@@ -1,0 +1,78 @@
+"""One trial's settings, typed: what the driver validates in the config and the trainable
+validates again, once, from the dict Tune hands it. Every default and allowed value lives here.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from trainable.families import FAMILIES, ModelError, is_import_path, load_factory
+
+Optimizer = Literal["adam", "adamw", "sgd"]  # sgd: Nesterov momentum 0.9
+# Stepped every batch. cosine: lr → 0 over the run; onecycle: lr → 0 linearly (schedules.py).
+Schedule = Literal["constant", "cosine", "onecycle"]
+Augment = Literal["none", "flip", "crop_flip"]  # crop: shift ≤ 4 px, reflected edges (augment.py)
+Normalize = Literal["channel", "none"]  # channel: the train split's mean/std; none: [0, 1]
+
+
+class Strict(BaseModel):
+    """Unknown keys are errors; assignments are validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class ModelChoice(BaseModel):
+    # A built-in family (FAMILIES) or a user's model as "package.module:function".
+    model: str = "mlp"
+    # Keyword arguments of a user's model; search one as `model_args.<name>`.
+    model_args: dict[str, Any] = Field(default_factory=dict)
+
+    @field_validator("model")
+    @classmethod
+    def _known_or_importable(cls, model: str) -> str:
+        if model not in FAMILIES:
+            try:
+                load_factory(model)  # imports it: a wrong path is refused before any trial
+            except ModelError as err:
+                raise ValueError(str(err)) from None
+        return model
+
+    @field_validator("model_args")
+    @classmethod
+    def _names(cls, model_args: dict[str, Any]) -> dict[str, Any]:
+        reserved = {"input_shape", "num_classes"} & set(model_args)
+        if reserved:
+            raise ValueError(f"{', '.join(sorted(reserved))} come from the data, not model_args")
+        return model_args
+
+
+class TrainingSettings(BaseModel):
+    optimizer: Optimizer = "adam"
+    lr: float = Field(0.001, gt=0)  # the peak rate: reached after warm-up
+    batch_size: int = Field(64, ge=1)
+    epochs: int = Field(5, ge=1)
+    weight_decay: float = Field(0.0, ge=0)
+    schedule: Schedule = "constant"
+    warmup: float = Field(0.0, ge=0)  # epochs of linear warm-up from 0 to lr, before the schedule
+    label_smoothing: float = Field(0.0, ge=0, lt=1)  # training loss only; val/test loss are plain
+    augment: Augment = "none"
+    cutout: int = Field(0, ge=0)  # side in pixels of a square zeroed in each training image
+    normalize: Normalize = "channel"
+    seed: int = 0
+
+
+# Bases in reverse of the fields' order: the model first, then each family's settings.
+class TrialConfig(
+    TrainingSettings,
+    *reversed([family.settings for family in FAMILIES.values()]),
+    ModelChoice,
+    Strict,
+):
+    """Everything one trial needs; each field can be searched over."""
+
+
+def uses_import_path(model: str) -> bool:
+    """Whether `model` names a user's model rather than a built-in family."""
+    return model not in FAMILIES and is_import_path(model)
