@@ -220,7 +220,7 @@ def report(results: dict) -> str:
         (
             "  data load (cached)",
             f"{t['data_load']:.1f} s",
-            "the listing; the read runs beside Ray's start",
+            "before Ray starts",
         ),
         ("  Ray start", f"{t['ray_start']:.1f} s", ""),
         ("  data into the object store", f"{t['data_to_object_store']:.2f} s", "once"),

@@ -7,12 +7,10 @@ import json
 import os
 import shutil
 import sys
-import time
-from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
 
-from trainable.data import DataBundle, DataError, DataLocation, locate_dataset, read_dataset
+from trainable.data import DataBundle, DataError, load_dataset
 from trainable.settings import uses_import_path
 from tuning.config import (
     ConfigError,
@@ -146,36 +144,15 @@ def main(default_config: str, argv: list[str] | None = None) -> int:
     try:
         config, run_dir = resolve_run(args, default_config)
         with phases.timed("data_load"):
-            location = locate_dataset(config.data)  # a wrong --data-dir fails here
+            data = load_dataset(config.data)  # a wrong --data-dir fails here
+        check_own_models(config, data.image_shape, len(data.classes))
     except (ConfigError, DataError) as err:
         return refuse(err)
     try:
-        return run_experiment(args, config, location, run_dir, phases)
+        return run_experiment(args, config, data, run_dir, phases)
     except KeyboardInterrupt:  # a second Ctrl-C: Tune's first one already stopped gracefully
         print(f"\ninterrupted; continue with --resume --name {run_dir.name}", file=sys.stderr)
         return 130
-
-
-def read_beside_ray_start(location: DataLocation) -> Future[tuple[DataBundle, float]]:
-    """Import torch and read the data in a thread, to overlap Ray's start; the future gives the
-    data and the seconds its read took.
-
-    Starting Ray keeps the driver waiting 3-4 s on 2 cores while Ray's processes leave a third
-    of the CPU idle. Torch's import (2 s; the trials' setup and Tune's TensorBoard logger need
-    it) and a cached read (0.5 s) fit in that gap. Torch imports nothing of Ray's, so the two
-    threads' imports cannot deadlock.
-    """
-
-    def read() -> tuple[DataBundle, float]:
-        import torch  # noqa: F401 - imported here for its time, not its names
-
-        started = time.perf_counter()
-        return read_dataset(location), time.perf_counter() - started
-
-    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-data")
-    future = pool.submit(read)
-    pool.shutdown(wait=False)  # the thread ends with the read; no later work goes to it
-    return future
 
 
 def refuse(message: object, made: Path | None = None) -> int:
@@ -189,7 +166,7 @@ def refuse(message: object, made: Path | None = None) -> int:
 def run_experiment(
     args: argparse.Namespace,
     config: ExperimentConfig,
-    location: DataLocation,
+    data: DataBundle,
     run_dir: Path,
     phases: Phases,
 ) -> int:
@@ -227,7 +204,6 @@ def run_experiment(
         print(f"Optuna study: optuna-dashboard sqlite:///{(run_dir / STUDY_FILE).resolve()}")
     if warning := dashboard_warning(args):
         print(warning, file=sys.stderr)
-    reading = read_beside_ray_start(location)
     try:
         with phases.timed("ray_start"):
             dashboard = start_ray(
@@ -241,16 +217,13 @@ def run_experiment(
         # Before any trial: on several nodes, a folder only this machine sees fails late.
         for warning in check_run_storage(config.run.storage, run_dir):
             print(f"warning: {warning}", file=sys.stderr)
-        with phases.timed("data_load"):  # what of the read Ray's start did not cover
-            data, read_s = reading.result()
-        check_own_models(config, data.image_shape, len(data.classes))
     except (ConfigError, DataError) as err:
         ray.shutdown()
         return refuse(err, made)
     print(
         f"data: {data.source}, {len(data.train_y)} train / {len(data.val_y)} val / "
-        f"{len(data.test_y)} test images of {data.image_shape}, read in {read_s:.1f} s "
-        "beside Ray's start"
+        f"{len(data.test_y)} test images of {data.image_shape}, read in "
+        f"{phases['data_load']:.1f} s"
     )
     if dashboard:
         print(f"Ray dashboard: {dashboard}")
