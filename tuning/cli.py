@@ -21,7 +21,7 @@ from tuning.config import (
 )
 from tuning.export import build_tables, run_metadata, write_config, write_run
 from tuning.storage import can_resume, is_uri, prepare_storage, tune_location
-from tuning.summary import grid_table, node_counts, search_summary
+from tuning.summary import grid_table, node_counts, run_header, search_summary
 from tuning.timing import Phases
 
 REPO = Path(__file__).resolve().parent.parent
@@ -62,6 +62,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--no-dashboard", action="store_true", help="start Ray without dashboard")
     parser.add_argument("--no-report", action="store_true", help="skip report.md and figures")
+    parser.add_argument(
+        "--verbose",
+        action="store_true",
+        help="Tune's and Ray's own console output instead of the compact progress view",
+    )
     parser.add_argument(
         "--dashboard-host",
         default=LOCALHOST,
@@ -175,10 +180,13 @@ def run_experiment(
     `phases` times each step; the times go into the tables' metadata (benchmarks/bench.py
     reads them) and onto the console."""
     # Ray's import is slow: here, after the input checks, so bad input is refused at once.
+    import optuna
     import ray
 
     from tuning.cluster import check_run_storage, describe_cluster, start_ray
-    from tuning.search import STUDY_FILE, build_plan
+    from tuning.progress import Progress
+    from tuning.search import build_plan, searches_with_optuna
+    from tuning.study import StudyRecorder, close_study, dashboard_command
     from tuning.timing import TrainingSpans
 
     # A new run's folder was just made and holds nothing of the user's: refusals remove it.
@@ -200,8 +208,6 @@ def run_experiment(
             return refuse(err, made)
         for note in plan.notes:
             print(f"note: {note}")
-    if (run_dir / STUDY_FILE).exists():
-        print(f"Optuna study: optuna-dashboard sqlite:///{(run_dir / STUDY_FILE).resolve()}")
     if warning := dashboard_warning(args):
         print(warning, file=sys.stderr)
     try:
@@ -211,6 +217,7 @@ def run_experiment(
                 dashboard=not args.no_dashboard,
                 host=args.dashboard_host,
                 ship=[model for model in config.models() if uses_import_path(model)],
+                quiet=not args.verbose,
             )
         if address := args.address or os.environ.get("RAY_ADDRESS"):
             print(f"joined the Ray cluster at {address}: {describe_cluster()}")
@@ -220,21 +227,35 @@ def run_experiment(
     except (ConfigError, DataError) as err:
         ray.shutdown()
         return refuse(err, made)
-    print(
-        f"data: {data.source}, {len(data.train_y)} train / {len(data.val_y)} val / "
-        f"{len(data.test_y)} test images of {data.image_shape}, read in "
-        f"{phases['data_load']:.1f} s"
-    )
+    from tuning.runner import gpus_per_trial, judge_best, run_tuner, trials_at_once
+
+    at_once, gpus = trials_at_once(config), gpus_per_trial(config)
+    print(run_header(config, data, phases["data_load"], at_once, gpus))
     if dashboard:
         print(f"Ray dashboard: {dashboard}")
-    from tuning.runner import judge_best, run_tuner
-
+    print(f"live study: {dashboard_command(run_dir)}")
+    print(f"results: {run_dir}/")
+    if not args.verbose:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per study created
     spans = TrainingSpans()
+    callbacks: list = [spans]
+    if not args.verbose:
+        callbacks.append(Progress.for_config(config))
+    if not searches_with_optuna(config):  # Optuna's searcher records its own study
+        callbacks.append(StudyRecorder(config, run_dir))
     try:
         # Watched runs get an actor per trial, named in the dashboard; others reuse actors.
         results = run_tuner(
-            config, data, run_dir, plan, args.no_dashboard, phases, callbacks=[spans]
+            config,
+            data,
+            run_dir,
+            plan,
+            args.no_dashboard,
+            phases,
+            callbacks=callbacks,
+            verbose=args.verbose,
         )
+        close_study(run_dir, interrupted=False)
         judged = None
         if config.search.kind != "grid":
             # A grid's trials report test accuracy themselves; a search's choice is judged here.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import sys
@@ -19,21 +20,30 @@ PROBE_TIMEOUT_S = 120  # a node's first task starts a worker process: seconds on
 
 
 def start_ray(
-    address: str | None, dashboard: bool, host: str = "127.0.0.1", ship: list[str] = ()
+    address: str | None,
+    dashboard: bool,
+    host: str = "127.0.0.1",
+    ship: list[str] = (),
+    quiet: bool = False,
 ) -> str | None:
     """Join the cluster at `address` or RAY_ADDRESS, else start a local Ray; return dashboard.
 
     `ship`: the import paths of users' models. A local Ray's workers import them as the
     driver does (Ray gives them its working directory and they inherit PYTHONPATH); a
-    cluster's nodes get a copy of each one's top-level package or module."""
+    cluster's nodes get a copy of each one's top-level package or module. `quiet`: Ray's and
+    its workers' logs from warnings up (no start-up notices, no checkpoint lines)."""
+    if quiet:
+        os.environ.setdefault("RAY_DEDUP_LOGS", "0")  # no "repeated Nx" notices either
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         modules = sorted({path for model in ship if (path := user_code(model))})
-        context = connect(address, {"py_modules": modules} if modules else None)
+        context = connect(address, {"py_modules": modules} if modules else None, quiet)
     else:
         # "local": a new Ray even where `ray start` left one running. 127.0.0.1 unless asked
         # otherwise: the dashboard has no authentication of its own.
-        context = ray.init(address="local", include_dashboard=dashboard, dashboard_host=host)
+        context = ray.init(
+            address="local", include_dashboard=dashboard, dashboard_host=host, **logs(quiet)
+        )
     url = context.dashboard_url
     return f"http://{url}" if url and not url.startswith("http") else url
 
@@ -63,12 +73,22 @@ def user_code(model: str) -> str | None:
     return None if installed & {*path.parents} else str(path)
 
 
-def connect(address: str, runtime_env: dict | None = None) -> ray.RayContext:
+def logs(quiet: bool) -> dict:
+    """`ray.init`'s logging options: the driver's and the workers' logs from warnings up."""
+    if not quiet:
+        return {}
+    return {
+        "logging_level": logging.WARNING,
+        "logging_config": ray.LoggingConfig(log_level="WARNING"),
+    }
+
+
+def connect(address: str, runtime_env: dict | None = None, quiet: bool = False) -> ray.RayContext:
     """`ray.init` on an existing cluster, with Ray's connection errors turned into ConfigError."""
     check_reachable(address)
     try:
         # An existing cluster has its own dashboard and resources: pass no local-only options.
-        return ray.init(address=address, runtime_env=runtime_env)
+        return ray.init(address=address, runtime_env=runtime_env, **logs(quiet))
     except ConnectionError as err:
         if _refused_token(err):
             # Ray never sends this machine's token to an address given explicitly on its own.

@@ -76,6 +76,7 @@ def run_tuner(
     reuse_actors: bool = True,
     phases: Phases | None = None,
     callbacks: list[tune.Callback] | None = None,
+    verbose: bool = True,
 ) -> tune.ResultGrid:
     """Run every trial of the plan, or with no plan continue the run Tune saved in `run_dir`.
 
@@ -92,6 +93,10 @@ def run_tuner(
     # num_to_keep forces an experiment-state snapshot after each pruned checkpoint; locally that
     # costs ~10 ms, so Tune's warning about it is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    if not verbose:
+        # Tune's newer console output prints its experiment box and paths even at verbose=0;
+        # the older one is silent there, leaving the console to our callbacks.
+        os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     with phases.timed("data_to_object_store"):
         trainable = make_trainable(config, share_data(data))
     if plan is None:
@@ -136,7 +141,7 @@ def run_tuner(
             ),
             failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
             callbacks=callbacks,
-            verbose=1,
+            verbose=1 if verbose else 0,  # 0: the callbacks' compact view instead
         ),
     )
     with phases.timed("trials"):

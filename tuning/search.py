@@ -20,8 +20,7 @@ from ray.tune.search import BasicVariantGenerator, Searcher
 from trainable.families import MODEL_ARGS
 from trainable.settings import TrialConfig
 from tuning.config import ConfigError, Distribution, ExperimentConfig
-
-STUDY_FILE = "study.db"
+from tuning.study import STUDY_FILE, RecordingOptunaSearch, study_url  # noqa: F401 - re-exported
 
 
 @dataclass
@@ -90,7 +89,7 @@ def build_plan(config: ExperimentConfig, run_dir: Path) -> SearchPlan:
     search, notes = config.search, []
     space = param_space(config)
     kind = search.kind
-    if config.scheduler.kind == "pbt" and kind == "optuna":
+    if not searches_with_optuna(config) and kind == "optuna":
         # Tune refuses a searcher beside PBT: PBT's explore step is the search.
         notes.append("PBT cannot take a searcher: running it with random search, not Optuna")
         kind = "random"
@@ -120,18 +119,22 @@ def build_plan(config: ExperimentConfig, run_dir: Path) -> SearchPlan:
     return SearchPlan(space, search_alg, scheduler, num_samples, notes)
 
 
+def searches_with_optuna(config: ExperimentConfig) -> bool:
+    """Whether Optuna's searcher runs the search, and so records the study itself."""
+    return config.search.kind == "optuna" and config.scheduler.kind != "pbt"
+
+
 def _optuna_searcher(config: ExperimentConfig, first: list[dict], run_dir: Path) -> Searcher:
     """Optuna's TPE with its study in the run folder; `run_tuner` limits its concurrency."""
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
 
     # SQLite in the run folder: the study outlives the run, resumes, and optuna-dashboard reads it.
-    storage = optuna.storages.RDBStorage(f"sqlite:///{(run_dir / STUDY_FILE).resolve()}")
-    return OptunaSearch(
+    return RecordingOptunaSearch(
         points_to_evaluate=first or None,
         sampler=optuna.samplers.TPESampler(seed=config.search.seed),
-        study_name=config.name,
-        storage=storage,
+        study_name=run_dir.name,
+        storage=optuna.storages.RDBStorage(study_url(run_dir)),
+        epochs=config.trial.epochs,
     )
 
 

@@ -2,15 +2,41 @@
 
 from __future__ import annotations
 
+import math
 import statistics
 from collections import Counter
 
 import pyarrow as pa
 
+from tuning.config import ExperimentConfig
 from tuning.export import TRIAL_FIELDS
 
 # The original experiment's test accuracy after 5 epochs (DESIGN.md).
 ORIGINAL_TEST_ACC = {0.001: 0.4363, 0.0001: 0.4169, 0.01: 0.1000}
+
+
+def run_header(config: ExperimentConfig, data, read_s: float, at_once: int, gpus: float) -> str:
+    """What the run is about to do: its trials, data and resources."""
+    search = config.search
+    if search.kind == "grid":
+        count = math.prod(len(v) for v in search.grid.values())
+        trials = f"{count} trials ({' × '.join(search.grid) or 'one point'})"
+    else:
+        trials = f"up to {search.num_samples} trials searching {', '.join(search.space)}"
+        if search.time_budget_s:
+            trials += f" for at most {search.time_budget_s / 60:g} minutes"
+    resources = config.resources
+    gpu = f" and {gpus:g} GPU" if gpus else ""
+    return "\n".join(
+        [
+            f"{config.name} ({search.kind}, {config.scheduler.kind}): {trials}, "
+            f"{config.trial.epochs} epochs each, choosing by {config.metric} ({config.mode})",
+            f"data: {data.source}, {len(data.train_y)} train / {len(data.val_y)} val / "
+            f"{len(data.test_y)} test images of {data.image_shape}, read in {read_s:.1f} s",
+            f"resources: {resources.cpus_per_trial:g} CPU{gpu} per trial, "
+            f"{at_once} trial{'s' if at_once > 1 else ''} at a time",
+        ]
+    )
 
 
 def mean_std(values: list[float]) -> str:
