@@ -71,7 +71,8 @@ class Progress(tune.Callback):
     def setup(self, total_num_samples: int | None = None, **info) -> None:
         self.stream = sys.stdout
         self.live = self.stream.isatty()
-        self.refresh_s = self.interval_s or (LIVE_INTERVAL_S if self.live else PLAIN_INTERVAL_S)
+        default = LIVE_INTERVAL_S if self.live else PLAIN_INTERVAL_S
+        self.refresh_s = default if self.interval_s is None else self.interval_s
         self.planned = total_num_samples or 0
         self.started = time.monotonic()
         self.first_result: float | None = None
