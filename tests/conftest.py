@@ -70,10 +70,15 @@ def start_script(script: str, *args: str, env: dict | None = None) -> subprocess
     )
 
 
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker
 def pytest_collection_modifyitems(config, items):
-    """`gpu` tests need CUDA: skipped, with the reason shown, where there is none."""
+    """A test that starts Ray is `slow`, whether or not it says so; `gpu` tests need CUDA:
+    skipped, with the reason shown, where there is none."""
     import torch
 
+    for item in items:
+        if "ray_session" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
     if torch.cuda.is_available():
         return
     skip = pytest.mark.skip(reason="needs CUDA")

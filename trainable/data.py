@@ -192,6 +192,10 @@ def _load_arrays(location: DataLocation) -> tuple[dict[str, np.ndarray], list[st
         meta = json.loads((cache / "meta.json").read_text())
         arrays = {name: np.load(cache / f"{name}.npy") for name in CACHED_NAMES}
         return arrays, meta["classes"], meta["fingerprint"]
+    # The first read of a dataset takes a while (10 s for CIFAR-10's JPEGs on 2 cores): say so.
+    count = f"{len(location.files)} images" if location.source == "imagefolder" else "CIFAR-10"
+    print(f"decoding {count} in {root} once; later runs read {cache}", flush=True)
+    started = time.perf_counter()
     if location.source == "torchvision":
         arrays, classes = _decode_torchvision(root)
     else:
@@ -199,6 +203,7 @@ def _load_arrays(location: DataLocation) -> tuple[dict[str, np.ndarray], list[st
     fingerprint = _fingerprint(arrays)
     arrays["train_moments"] = pixel_moments(arrays["train_x"])
     _write_cache(cache, arrays, {"classes": classes, "fingerprint": fingerprint, "dir": str(root)})
+    print(f"decoded and cached in {time.perf_counter() - started:.1f} s", flush=True)
     return arrays, classes, fingerprint
 
 
