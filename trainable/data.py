@@ -40,11 +40,12 @@ class DataConfig(Strict):
     """Where the data comes from and how it is split: the config's `data` section."""
 
     dir: str = "data"  # CIFAR-10's files or an image-folder tree (see the module's docstring)
+    # auto: detected in `dir`; synthetic: small learnable data made in memory (tests, smoke runs)
     source: Literal["auto", "torchvision", "imagefolder", "synthetic"] = "auto"
     val_size: int = Field(5000, ge=0)  # images held out of train for validation; 0 = none
     split_seed: int = 0  # fixed across trials: every trial sees the same split
     train_subset: int | None = Field(None, ge=1)  # stratified subset of train (smoke runs)
-    test_subset: int | None = Field(None, ge=1)
+    test_subset: int | None = Field(None, ge=1)  # stratified subset of test (smoke runs)
     cache_dir: str | None = None  # decoded arrays; default ~/.cache/cifar-tune
 
 

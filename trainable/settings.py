@@ -10,11 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from trainable.families import FAMILIES, ModelError, is_import_path, load_factory
 
-Optimizer = Literal["adam", "adamw", "sgd"]  # sgd: Nesterov momentum 0.9
-# Stepped every batch. cosine: lr → 0 over the run; onecycle: lr → 0 linearly (schedules.py).
-Schedule = Literal["constant", "cosine", "onecycle"]
-Augment = Literal["none", "flip", "crop_flip"]  # crop: shift ≤ 4 px, reflected edges (augment.py)
-Normalize = Literal["channel", "none"]  # channel: the train split's mean/std; none: [0, 1]
+# The allowed values of the settings below, each named once (docs/configuration.md lists them).
+Optimizer = Literal["adam", "adamw", "sgd"]
+Schedule = Literal["constant", "cosine", "onecycle"]  # trainable/schedules.py
+Augment = Literal["none", "flip", "crop_flip"]  # trainable/augment.py
+Normalize = Literal["channel", "none"]
 
 
 class Strict(BaseModel):
@@ -49,18 +49,18 @@ class ModelChoice(BaseModel):
 
 
 class TrainingSettings(BaseModel):
-    optimizer: Optimizer = "adam"
+    optimizer: Optimizer = "adam"  # sgd: Nesterov momentum 0.9; all fused
     lr: float = Field(0.001, gt=0)  # the peak rate: reached after warm-up
-    batch_size: int = Field(64, ge=1)
-    epochs: int = Field(5, ge=1)
-    weight_decay: float = Field(0.0, ge=0)
-    schedule: Schedule = "constant"
+    batch_size: int = Field(64, ge=1)  # images per training step
+    epochs: int = Field(5, ge=1)  # passes over the training split: the trial's budget
+    weight_decay: float = Field(0.0, ge=0)  # L2 (adam, sgd) or decoupled (adamw)
+    schedule: Schedule = "constant"  # cosine, onecycle: lr → 0 at the last batch
     warmup: float = Field(0.0, ge=0)  # epochs of linear warm-up from 0 to lr, before the schedule
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # training loss only; val/test loss are plain
-    augment: Augment = "none"
+    augment: Augment = "none"  # training batches only: flips; crops of the 4-px padded image
     cutout: int = Field(0, ge=0)  # side in pixels of a square zeroed in each training image
-    normalize: Normalize = "channel"
-    seed: int = 0
+    normalize: Normalize = "channel"  # channel: train split's mean/std; none: [0, 1] only
+    seed: int = 0  # initialisation, shuffling, augmentation and dropout
 
 
 # Bases in reverse of the fields' order: the model first, then each family's settings.
