@@ -8,6 +8,7 @@ from collections import Counter
 
 import pyarrow as pa
 
+from trainable.families import FAMILIES, readers
 from tuning.config import ExperimentConfig
 from tuning.export import TRIAL_FIELDS
 
@@ -37,6 +38,12 @@ def run_header(config: ExperimentConfig, data, read_s: float, at_once: int, gpus
             f"{at_once} trial{'s' if at_once > 1 else ''} at a time",
         ]
     )
+
+
+def reads(model: str, setting: str) -> bool:
+    """Whether a trial of `model` reads `setting` (a family's own settings only its family)."""
+    families = readers(setting)
+    return families is None or model in families or (not families and model not in FAMILIES)
 
 
 def mean_std(values: list[float]) -> str:
@@ -77,7 +84,11 @@ def search_summary(
     if best is None:
         lines.append("no trial reported the metric: nothing to choose")
     else:
-        params = [c for c in trials.column_names if c not in TRIAL_FIELDS]
+        params = [
+            c
+            for c in trials.column_names
+            if c not in TRIAL_FIELDS and best[c] is not None and reads(best["model"], c)
+        ]
         chosen = ", ".join(
             f"{p}={best[p]:.3g}" if isinstance(best[p], float) else f"{p}={best[p]}" for p in params
         )
