@@ -95,8 +95,10 @@ def _optuna_searcher(config: ExperimentConfig, first: list[dict], run_dir: Path)
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
+    from tuning.study import study_storage
+
     # SQLite in the run folder: the study outlives the run, resumes, and optuna-dashboard reads it.
-    storage = optuna.storages.RDBStorage(f"sqlite:///{(run_dir / STUDY_FILE).resolve()}")
+    storage = study_storage(run_dir / STUDY_FILE)
     return OptunaSearch(
         points_to_evaluate=first or None,
         sampler=optuna.samplers.TPESampler(seed=config.search.seed),
