@@ -13,6 +13,7 @@ from ray import tune
 # trial the CPUs of other machines.
 from ray._private.state import available_resources_per_node, total_resources_per_node
 
+from trainable.checkpoint_files import check_checkpoint_folder
 from trainable.data import DataBundle
 from trainable.loop import Training
 
@@ -143,6 +144,10 @@ class CifarTrainable(tune.Trainable):
             # Whose: PBT may restore another trial from this checkpoint, which must train on.
             state["final"] = {"trial_id": self.trial_id, "metrics": self.final_metrics}
         torch.save(state, os.path.join(checkpoint_dir, CHECKPOINT_FILE))
+
+    def restore(self, checkpoint_path):
+        check_checkpoint_folder(checkpoint_path)  # before Tune unpickles anything in it
+        return super().restore(checkpoint_path)
 
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         state = load_state(checkpoint_dir, self.device)
