@@ -410,6 +410,16 @@ def test_a_data_dir_that_loops_through_symlinks_is_refused(tmp_path):
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     with pytest.raises(DataError, match="loop"):
         locate_dataset(DataSpec(dir=str(tmp_path / "loop")))
+    proc = run_script(
+        "tuning/run_grid.py",
+        "--data-dir",
+        str(tmp_path / "loop"),
+        "--results-dir",
+        str(tmp_path / "results"),
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "cannot be resolved" in proc.stderr
+    assert "Traceback" not in proc.stderr and not (tmp_path / "results").exists()
 
 
 def test_bad_data_exits_2_naming_the_file_and_writes_nothing(tmp_path):

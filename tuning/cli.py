@@ -85,7 +85,7 @@ def open_run(args: argparse.Namespace, default_config: str) -> tuple[ExperimentC
         folder = RunFolder.existing(results, args.name)
         try:
             # The data or the storage may have moved since: the settings a resume may change.
-            data = [f"data.dir={Path(args.data_dir).resolve()}"] if args.data_dir else []
+            data = [f"data.dir={os.path.abspath(args.data_dir)}"] if args.data_dir else []
             config = load_config(folder.path / "config.yaml", data + storage_override(args))
             if config.run.storage:
                 prepare_storage(config.run.storage, folder.path, resume=True)
@@ -95,7 +95,7 @@ def open_run(args: argparse.Namespace, default_config: str) -> tuple[ExperimentC
         return config, folder
     path = args.config or REPO / default_config
     # Absolute: the resolved config.yaml must still point at the data from another folder.
-    overrides = [f"data.dir={Path(args.data_dir).resolve()}"] if args.data_dir else []
+    overrides = [f"data.dir={os.path.abspath(args.data_dir)}"] if args.data_dir else []
     if args.smoke:
         overrides += smoke_overrides(load_config(path), synthetic=not args.data_dir)
     config = load_config(path, overrides + args.overrides + storage_override(args))
@@ -111,7 +111,7 @@ def storage_override(args: argparse.Namespace) -> list[str]:
     if not args.storage:
         return []
     check_no_credentials(args.storage)
-    storage = args.storage if is_uri(args.storage) else str(Path(args.storage).resolve())
+    storage = args.storage if is_uri(args.storage) else os.path.abspath(args.storage)
     return [f"run.storage={json.dumps(storage)}"]  # quoted: YAML would read `a: b` as a map
 
 

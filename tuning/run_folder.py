@@ -100,7 +100,12 @@ class RunFolder:
     def lock(self) -> None:
         """Hold an exclusive lock on the folder until `close` (or the process ends: the kernel
         drops a dead process's flock, so a killed run leaves no stale lock)."""
-        fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fd = os.open(self.path / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as err:  # e.g. a run folder copied read-only
+            raise ConfigError(
+                f"cannot lock run folder {self.path} ({err.strerror}); a run needs to write there"
+            ) from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as err:
