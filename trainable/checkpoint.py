@@ -1,9 +1,16 @@
-"""A trial's checkpoint: everything needed to continue training exactly, as one file."""
+"""A trial's checkpoint: everything needed to continue training exactly, as one file.
+
+Ray's restore of a class trainable unpickles `_dict_checkpoint.pkl` when a checkpoint folder
+holds one, before `load_checkpoint` sees the folder: a file dropped into the storage would run
+as code in a worker. This project writes only `state.pt` (loaded with `weights_only=True`), and
+`check_checkpoint_folder` refuses a folder holding anything else.
+"""
 
 from __future__ import annotations
 
 import os
 
+import pyarrow.fs
 import torch
 
 from trainable.loop import Training
@@ -60,3 +67,30 @@ def load(checkpoint_dir: str, device: torch.device) -> dict:
     # weights_only: a checkpoint is data, never code to run.
     path = os.path.join(checkpoint_dir, CHECKPOINT_FILE)
     return torch.load(path, map_location=device, weights_only=True)
+
+
+# Ours, and Ray's checkpoint metadata (JSON, never code): all a checkpoint folder may hold.
+EXPECTED = frozenset({CHECKPOINT_FILE, ".metadata.json"})
+
+
+class ForeignCheckpointFile(RuntimeError):
+    """A checkpoint folder holds a file this project did not write; restoring is refused."""
+
+
+def check_checkpoint_folder(checkpoint: object) -> None:
+    """ForeignCheckpointFile naming every file or folder in the checkpoint folder that the
+    project did not write. `checkpoint`: what Tune's `Trainable.restore` takes (a folder path,
+    a `tune.Checkpoint`, or a training result holding one)."""
+    checkpoint = getattr(checkpoint, "checkpoint", checkpoint)
+    if isinstance(checkpoint, str):
+        fs, path = pyarrow.fs.LocalFileSystem(), checkpoint
+    else:
+        fs, path = checkpoint.filesystem, checkpoint.path
+    listing = fs.get_file_info(pyarrow.fs.FileSelector(path, recursive=True))
+    foreign = sorted(info.path for info in listing if info.base_name not in EXPECTED)
+    if foreign:
+        raise ForeignCheckpointFile(
+            f"refusing to restore from checkpoint {path}: it holds files this project did not "
+            f"write ({', '.join(foreign)}), and Ray would unpickle some of them. Remove them, and "
+            "make the run's storage writable only by trusted users"
+        )

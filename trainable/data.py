@@ -10,6 +10,7 @@ Sources, auto-detected in the data dir:
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import os
 import shutil
@@ -91,7 +92,12 @@ def locate_dataset(spec: DataConfig) -> DataLocation:
     no dataset. Lists the files to key the cache (0.2-0.5 s for CIFAR-10's 60k images)."""
     if spec.source == "synthetic":
         return DataLocation(spec, "synthetic")
-    root = Path(spec.dir).expanduser().resolve()
+    try:
+        root = Path(spec.dir).expanduser().resolve(strict=False)
+    except (OSError, RuntimeError) as err:  # RuntimeError: a symlink loop, before Python 3.13
+        raise DataError(
+            f"--data-dir {spec.dir} cannot be resolved ({err}); fix its symlinks"
+        ) from None
     source = _detect(root) if spec.source == "auto" else spec.source
     files = _torchvision_files(root) if source == "torchvision" else _image_files(root)
     cache_root = Path(spec.cache_dir or Path.home() / ".cache" / "cifar-tune").expanduser()
@@ -190,9 +196,14 @@ def _load_arrays(location: DataLocation) -> tuple[dict[str, np.ndarray], list[st
         return arrays, [f"class{i}" for i in range(10)], _fingerprint(arrays)
     cache, root = location.cache, location.root
     if (cache / "meta.json").exists():
-        meta = json.loads((cache / "meta.json").read_text())
-        arrays = {name: np.load(cache / f"{name}.npy") for name in CACHED_NAMES}
-        return arrays, meta["classes"], meta["fingerprint"]
+        try:
+            meta = json.loads((cache / "meta.json").read_text())
+            arrays = {name: np.load(cache / f"{name}.npy") for name in CACHED_NAMES}
+            return arrays, meta["classes"], meta["fingerprint"]
+        except (OSError, ValueError, KeyError, EOFError) as err:
+            # Damaged (a crash before the disk had it, a truncated copy): decode again.
+            print(f"warning: the data cache {cache} is unreadable ({err}); decoding again")
+            shutil.rmtree(cache, ignore_errors=True)
     # The first read of a dataset takes a while (10 s for CIFAR-10's JPEGs on 2 cores): say so.
     count = f"{len(location.files)} images" if location.source == "imagefolder" else "CIFAR-10"
     print(f"decoding {count} in {root} once; later runs read {cache}", flush=True)
@@ -284,7 +295,7 @@ def _image_files(root: Path) -> list[str]:
         for name in train_classes:
             # scandir: listing CIFAR-10's 60k files this way takes 0.1 s, Path.iterdir 0.7 s.
             with os.scandir(root / split / name) as entries:
-                found = sorted(e.path for e in entries if _is_image(e.name))
+                found = sorted(_check_file(e) for e in entries if _is_image(e.name))
             if not found:
                 suffixes = ", ".join(sorted(IMAGE_SUFFIXES))
                 raise DataError(f"{root / split / name} holds no images ({suffixes})")
@@ -294,6 +305,24 @@ def _image_files(root: Path) -> list[str]:
 
 def _is_image(name: str) -> bool:
     return os.path.splitext(name)[1].lower() in IMAGE_SUFFIXES
+
+
+def _check_file(entry: os.DirEntry) -> str:
+    """The entry's path if it is a file; DataError naming it if not. (`is_file` needs no
+    system call for a plain file: the listing's type says so.)"""
+    try:
+        if entry.is_file():
+            return entry.path
+        is_dir = entry.is_dir()
+    except OSError:  # a symlink that loops
+        is_dir = False
+    if is_dir:
+        problem = "is a folder named like an image"
+    elif entry.is_symlink():
+        problem = "is a broken symlink or a symlink loop"
+    else:
+        problem = "is not a regular file"
+    raise DataError(f"{entry.path} {problem}; remove it or rename it")
 
 
 def _decode_image_folder(
@@ -325,12 +354,43 @@ def _decode_image_folder(
     return arrays, classes
 
 
+def _read_bytes(path: Path) -> torch.Tensor:
+    import torch
+
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise DataError(f"cannot read image {path} ({err.strerror}); fix or remove it") from None
+    if not data:
+        raise DataError(f"image {path} is empty (0 bytes); replace or remove it")
+    return torch.frombuffer(bytearray(data), dtype=torch.uint8)
+
+
+def _decode_one(path: Path, encoded: torch.Tensor) -> torch.Tensor:
+    """torchvision's decoders (JPEG, PNG, GIF, WebP), else Pillow's (BMP, TIFF, ...)."""
+    import torch
+    from PIL import Image
+    from torchvision.io import ImageReadMode, decode_image
+
+    try:
+        return decode_image(encoded, mode=ImageReadMode.RGB)
+    except RuntimeError as err:
+        first = err
+    try:
+        with Image.open(io.BytesIO(encoded.numpy().tobytes())) as image:
+            pixels = np.asarray(image.convert("RGB"))
+    except Exception as err:  # noqa: BLE001 - Pillow raises many kinds for a bad file
+        raise DataError(
+            f"cannot decode image {path} ({first}; Pillow: {err}); replace or remove it"
+        ) from None
+    return torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1)))
+
+
 def _decode_files(files: list[Path]) -> list[torch.Tensor]:
     """Decode to RGB uint8 C×H×W tensors; JPEGs in one batched call (4 s for CIFAR-10's 60k)."""
-    import torch
-    from torchvision.io import ImageReadMode, decode_image, decode_jpeg
+    from torchvision.io import ImageReadMode, decode_jpeg
 
-    encoded = [torch.frombuffer(bytearray(path.read_bytes()), dtype=torch.uint8) for path in files]
+    encoded = [_read_bytes(path) for path in files]
     jpeg = [i for i, path in enumerate(files) if path.suffix.lower() in (".jpg", ".jpeg")]
     images: list[torch.Tensor | None] = [None] * len(files)
     try:
@@ -341,11 +401,7 @@ def _decode_files(files: list[Path]) -> list[torch.Tensor]:
         pass  # a bad file spoils the batch: decode one by one below to name it
     for i, path in enumerate(files):
         if images[i] is None:
-            try:
-                images[i] = decode_image(encoded[i], mode=ImageReadMode.RGB)
-            except RuntimeError as err:
-                message = f"cannot decode image {path} ({err}); replace or remove it"
-                raise DataError(message) from None
+            images[i] = _decode_one(path, encoded[i])
     return images
 
 
@@ -354,7 +410,13 @@ def _cache_key(source: str, root: Path, files: list[str] | list[Path]) -> str:
     digest = hashlib.blake2b(f"{CACHE_VERSION}|{source}|{root}".encode(), digest_size=12)
     skip = len(str(root))
     for path in map(str, files):
-        stat = os.stat(path)
+        try:
+            stat = os.stat(path)
+        except OSError as err:  # gone since the listing, or a symlink that loops
+            message = f"cannot read image {path} ({err.strerror}); fix or remove it"
+            raise DataError(message) from None
+        if stat.st_size == 0:
+            raise DataError(f"image {path} is empty (0 bytes); replace or remove it")
         digest.update(f"|{path[skip:]}:{stat.st_size}:{stat.st_mtime_ns}".encode())
     return f"{source}-{digest.hexdigest()}"
 
@@ -368,17 +430,25 @@ def _fingerprint(arrays: dict[str, np.ndarray]) -> str:
 
 def _write_cache(cache: Path, arrays: dict[str, np.ndarray], meta: dict) -> None:
     """Write the cache beside its final name, then rename: a crash leaves no half cache."""
+    partial = cache.with_name(f"{cache.name}.partial-{os.getpid()}-{time.monotonic_ns()}")
     try:
         cache.parent.mkdir(parents=True, exist_ok=True)
-        partial = cache.with_name(f"{cache.name}.partial-{os.getpid()}-{time.monotonic_ns()}")
         partial.mkdir()
         for name, array in arrays.items():
             np.save(partial / f"{name}.npy", array)
         (partial / "meta.json").write_text(json.dumps(meta))
+        for file in partial.iterdir():  # on disk before the rename makes them the cache
+            fd = os.open(file, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
         try:
             partial.rename(cache)
         except OSError:  # another process cached the same data first: keep theirs
             shutil.rmtree(partial, ignore_errors=True)
     except OSError as err:
-        # An unwritable cache only costs the next run a decode; say so and go on.
+        # A full disk or an unwritable cache only costs the next run a decode: leave no
+        # partial files behind, say so and go on.
+        shutil.rmtree(partial, ignore_errors=True)
         print(f"warning: cannot cache decoded data in {cache.parent} ({err}); set data.cache_dir")

@@ -106,6 +106,10 @@ class CifarTrainable(tune.Trainable):
             state["final"] = {"trial_id": self.trial_id, "metrics": self.final_metrics}
         checkpoint.save(state, checkpoint_dir)
 
+    def restore(self, checkpoint_path):
+        checkpoint.check_checkpoint_folder(checkpoint_path)  # before Tune unpickles anything
+        return super().restore(checkpoint_path)
+
     def load_checkpoint(self, checkpoint_dir: str) -> None:
         state = checkpoint.load(checkpoint_dir, self.device)
         checkpoint.restore_training(self.training, state)

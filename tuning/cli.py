@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import sys
 from datetime import datetime
 from pathlib import Path
 
-from trainable.data import DataBundle, DataError, load_dataset
+from trainable.data import DataBundle, DataError, DataLocation, locate_dataset, read_dataset
 from trainable.settings import uses_import_path
 from tuning.config import (
     ConfigError,
@@ -19,7 +18,9 @@ from tuning.config import (
     load_config,
     smoke_overrides,
 )
-from tuning.export import build_tables, run_metadata, write_config, write_run
+from tuning.credentials import check_no_credentials, redact
+from tuning.export import build_tables, run_metadata, write_run
+from tuning.run_folder import RunFolder
 from tuning.storage import can_resume, is_uri, prepare_storage, tune_location
 from tuning.summary import grid_table, node_counts, run_header, search_summary
 from tuning.timing import Phases
@@ -31,6 +32,12 @@ DASHBOARD_WARNING = (
     "who reaches that address can see and stop jobs. Prefer the default 127.0.0.1 with an SSH "
     "tunnel (ssh -L 8265:127.0.0.1:8265 HOST), or enable Ray's token authentication "
     "(RAY_AUTH_MODE=token, https://docs.ray.io/en/latest/ray-security/token-auth.html)."
+)
+AUTH_WARNING = (
+    "warning: RAY_AUTH_MODE=disabled: the local Ray starts without token authentication, and "
+    "its ports listen on this machine's network address, where anyone who reaches them can "
+    "run code as you. Unset RAY_AUTH_MODE (token authentication is Ray's default) unless the "
+    "machine is on a network only you use."
 )
 
 
@@ -75,59 +82,46 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def resolve_run(args: argparse.Namespace, default_config: str) -> tuple[ExperimentConfig, Path]:
-    """The validated config and the run folder; ConfigError for anything the user must fix."""
+def open_run(args: argparse.Namespace, default_config: str) -> tuple[ExperimentConfig, RunFolder]:
+    """The validated config and the run's folder (a resumed one locked at once, a new one not
+    made yet); ConfigError for anything the user must fix."""
     results = Path(args.results_dir)
     if args.resume:
-        return resumed_run(args, results)
+        if args.name is not None and (args.config or args.overrides or args.smoke):
+            raise ConfigError(
+                "--resume continues a run as it was configured (its config.yaml): "
+                "drop --config, --set and --smoke"
+            )
+        folder = RunFolder.existing(results, args.name)
+        try:
+            # The data or the storage may have moved since: the settings a resume may change.
+            data = [f"data.dir={os.path.abspath(args.data_dir)}"] if args.data_dir else []
+            config = load_config(folder.path / "config.yaml", data + storage_override(args))
+            if config.run.storage:
+                prepare_storage(config.run.storage, folder.path, resume=True)
+        except ConfigError:
+            folder.close()
+            raise
+        return config, folder
     path = args.config or REPO / default_config
     # Absolute: the resolved config.yaml must still point at the data from another folder.
-    overrides = [f"data.dir={Path(args.data_dir).resolve()}"] if args.data_dir else []
+    overrides = [f"data.dir={os.path.abspath(args.data_dir)}"] if args.data_dir else []
     if args.smoke:
         overrides += smoke_overrides(load_config(path), synthetic=not args.data_dir)
     config = load_config(path, overrides + args.overrides + storage_override(args))
-    run_dir = results / (args.name or f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}")
-    if run_dir.exists():
-        raise ConfigError(
-            f"run folder {run_dir} already exists; choose another --name, "
-            "or add --resume to continue that run"
-        )
+    name = f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}" if args.name is None else args.name
+    folder = RunFolder.new(results, name)
     if config.run.storage:
-        prepare_storage(config.run.storage, run_dir, resume=False)
-    try:
-        results.mkdir(parents=True, exist_ok=True)
-    except OSError as err:
-        raise ConfigError(f"cannot create --results-dir {results}: {err.strerror}") from None
-    if not os.access(results, os.W_OK | os.X_OK):
-        raise ConfigError(f"--results-dir {results} is not writable; pick a folder you can write")
-    return config, run_dir
-
-
-def resumed_run(args: argparse.Namespace, results: Path) -> tuple[ExperimentConfig, Path]:
-    if not args.name:
-        raise ConfigError("--resume needs the --name of the run to continue")
-    if args.config or args.overrides or args.smoke:
-        raise ConfigError(
-            "--resume continues a run as it was configured (its config.yaml): "
-            "drop --config, --set and --smoke"
-        )
-    run_dir = results / args.name
-    saved = run_dir / "config.yaml"
-    if not saved.exists():
-        raise ConfigError(f"nothing to resume: {saved} does not exist; check --results-dir/--name")
-    # The data or the storage may have moved since: the settings a resume may change.
-    data = [f"data.dir={Path(args.data_dir).resolve()}"] if args.data_dir else []
-    config = load_config(saved, data + storage_override(args))
-    if config.run.storage:
-        prepare_storage(config.run.storage, run_dir, resume=True)
-    return config, run_dir
+        prepare_storage(config.run.storage, folder.path, resume=False)
+    return config, folder
 
 
 def storage_override(args: argparse.Namespace) -> list[str]:
     """`--storage` as a `--set` item; a path made absolute, as every node must read it alike."""
     if not args.storage:
         return []
-    storage = args.storage if is_uri(args.storage) else str(Path(args.storage).resolve())
+    check_no_credentials(args.storage)
+    storage = args.storage if is_uri(args.storage) else os.path.abspath(args.storage)
     return [f"run.storage={json.dumps(storage)}"]  # quoted: YAML would read `a: b` as a map
 
 
@@ -139,77 +133,91 @@ def dashboard_warning(args: argparse.Namespace) -> str | None:
     return None
 
 
+def auth_warning(args: argparse.Namespace) -> str | None:
+    """A warning when a local Ray would start with its token authentication turned off."""
+    local = not (args.address or os.environ.get("RAY_ADDRESS"))
+    if local and os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return AUTH_WARNING
+    return None
+
+
 def main(default_config: str, argv: list[str] | None = None) -> int:
-    """Run one experiment end to end; 0 on success, 2 on bad input, 1 when a trial failed."""
+    """Run one experiment end to end: 0 on success, 2 on bad input, 130 when interrupted,
+    1 when a trial failed or the run could not be judged or reported."""
     args = parse_args(argv)
     # A model of the user's own imports from the working directory, as with `python -m`
     # (appended: it shadows nothing). Ray gives the trials the same directory.
     sys.path.append(os.getcwd())
     phases = Phases()
     try:
-        config, run_dir = resolve_run(args, default_config)
-        with phases.timed("data_load"):
-            data = load_dataset(config.data)  # a wrong --data-dir fails here
-        check_own_models(config, data.image_shape, len(data.classes))
-    except (ConfigError, DataError) as err:
+        config, folder = open_run(args, default_config)
+    except ConfigError as err:
         return refuse(err)
-    try:
-        return run_experiment(args, config, data, run_dir, phases)
-    except KeyboardInterrupt:  # a second Ctrl-C: Tune's first one already stopped gracefully
-        print(f"\ninterrupted; continue with --resume --name {run_dir.name}", file=sys.stderr)
-        return 130
+    # The entry script as it was started (python -m tuning.run_grid gives its path too).
+    resume = folder.resume_command(sys.argv[0], args.address, dashboard=not args.no_dashboard)
+    with folder:  # the lock for the whole run; a start that fails removes what it made
+        try:
+            with phases.timed("data_load"):
+                location = locate_dataset(config.data)  # a wrong --data-dir fails here
+                data = read_dataset(location)
+            check_own_models(config, data.image_shape, len(data.classes))
+            if not folder.resume:
+                folder.make(config)
+            return run_experiment(args, config, location, data, folder, phases, resume)
+        except (ConfigError, DataError) as err:
+            folder.close(failed=True)
+            return refuse(err)
+        except KeyboardInterrupt:  # a second Ctrl-C, or one before Tune's handler was set
+            if folder.made and not folder.started:
+                folder.close(failed=True)
+                print("\ninterrupted before any trial started; nothing to resume", file=sys.stderr)
+            else:
+                print(f"\ninterrupted; continue with:\n  {resume}", file=sys.stderr)
+            return 130
 
 
-def refuse(message: object, made: Path | None = None) -> int:
-    """Print a bad-input error, remove the run folder `made` by this run if any; exit status 2."""
-    if made is not None:
-        shutil.rmtree(made)
-    print(f"error: {message}", file=sys.stderr)
+def refuse(message: object) -> int:
+    """Print a bad-input error; exit status 2."""
+    print(f"error: {redact(str(message))}", file=sys.stderr)
     return 2
 
 
 def run_experiment(
     args: argparse.Namespace,
     config: ExperimentConfig,
+    location: DataLocation,
     data: DataBundle,
-    run_dir: Path,
+    folder: RunFolder,
     phases: Phases,
+    resume: str,
 ) -> int:
-    """Plan the search, run it on Ray, judge the choice, export and print the summary.
+    """Plan the search, start Ray, train, export, judge and report.
 
     `phases` times each step; the times go into the tables' metadata (benchmarks/bench.py
     reads them) and onto the console."""
     # Ray's import is slow: here, after the input checks, so bad input is refused at once.
-    import optuna
     import ray
 
     from tuning.cluster import check_run_storage, describe_cluster, start_ray
-    from tuning.progress import Progress
-    from tuning.search import build_plan, searches_with_optuna
-    from tuning.study import StudyRecorder, close_study, dashboard_command
-    from tuning.timing import TrainingSpans
+    from tuning.search import build_plan
 
-    # A new run's folder was just made and holds nothing of the user's: refusals remove it.
-    made = None if args.resume else run_dir
-    if args.resume:
+    run_dir = folder.path
+    if folder.resume:
         plan = None  # Tune restores its searcher and scheduler from the run folder
         if not can_resume(config.run.storage, run_dir):
-            return refuse(
+            raise ConfigError(
                 f"{tune_location(config.run.storage, run_dir)} holds no Tune state to "
                 "resume (stopped before its first trial started, or --storage points "
                 "elsewhere); start it again under another --name"
             )
     else:
-        run_dir.mkdir(parents=True)
-        write_config(run_dir, config)  # first: a killed run can be resumed from it
-        try:
-            plan = build_plan(config, run_dir)
-        except ConfigError as err:
-            return refuse(err, made)
+        plan = build_plan(config, run_dir)
         for note in plan.notes:
             print(f"note: {note}")
-    if warning := dashboard_warning(args):
-        print(warning, file=sys.stderr)
+    for warning in (dashboard_warning(args), auth_warning(args)):
+        if warning:
+            print(warning, file=sys.stderr)
+    folder.check_data(data.fingerprint, describe_data(location))
     try:
         with phases.timed("ray_start"):
             dashboard = start_ray(
@@ -224,53 +232,96 @@ def run_experiment(
         # Before any trial: on several nodes, a folder only this machine sees fails late.
         for warning in check_run_storage(config.run.storage, run_dir):
             print(f"warning: {warning}", file=sys.stderr)
-    except (ConfigError, DataError) as err:
-        ray.shutdown()
-        return refuse(err, made)
-    from tuning.runner import gpus_per_trial, judge_best, run_tuner, trials_at_once
+        from tuning.runner import gpus_per_trial, trials_at_once
+        from tuning.study import dashboard_command
 
-    at_once, gpus = trials_at_once(config), gpus_per_trial(config)
-    print(run_header(config, data, phases["data_load"], at_once, gpus))
-    if dashboard:
-        print(f"Ray dashboard: {dashboard}")
-    print(f"live study: {dashboard_command(run_dir)}")
-    print(f"results: {run_dir}/")
+        at_once, gpus = trials_at_once(config), gpus_per_trial(config)
+        print(run_header(config, data, phases["data_load"], at_once, gpus))
+        if dashboard:
+            print(f"Ray dashboard: {dashboard}")
+        print(f"live study: {dashboard_command(run_dir)}")
+        print(f"results: {run_dir}/")
+        return train_and_export(args, config, data, folder, plan, phases, resume)
+    finally:
+        if ray.is_initialized():
+            with phases.timed("ray_shutdown"):
+                ray.shutdown()  # now, not at interpreter exit, where Ray takes seconds longer
+
+
+def describe_data(location: DataLocation) -> str:
+    return f"{location.root} ({location.source})" if location.root else location.source
+
+
+def train_and_export(
+    args: argparse.Namespace,
+    config: ExperimentConfig,
+    data: DataBundle,
+    folder: RunFolder,
+    plan,
+    phases: Phases,
+    resume: str,
+) -> int:
+    """Run the trials, write the tables at once, then judge the search's choice and report.
+
+    The tables come first: a judge or a report that fails later loses no training."""
+    import optuna
+
+    from tuning.progress import Progress
+    from tuning.runner import RunWatch, judge_best, run_tuner
+    from tuning.search import searches_with_optuna
+    from tuning.study import StudyRecorder, close_study
+    from tuning.timing import TrainingSpans
+
+    run_dir = folder.path
+    spans, watch = TrainingSpans(), RunWatch(folder.trials_started)
+    callbacks: list = [spans, watch]
     if not args.verbose:
         optuna.logging.set_verbosity(optuna.logging.WARNING)  # no line per study created
-    spans = TrainingSpans()
-    callbacks: list = [spans]
-    if not args.verbose:
         callbacks.append(Progress.for_config(config))
     if not searches_with_optuna(config):  # Optuna's searcher records its own study
         callbacks.append(StudyRecorder(config, run_dir))
-    try:
-        # Watched runs get an actor per trial, named in the dashboard; others reuse actors.
-        results = run_tuner(
-            config,
-            data,
-            run_dir,
-            plan,
-            args.no_dashboard,
-            phases,
-            callbacks=callbacks,
-            verbose=args.verbose,
-        )
-        close_study(run_dir, interrupted=False)
-        judged = None
-        if config.search.kind != "grid":
-            # A grid's trials report test accuracy themselves; a search's choice is judged here.
+    # Watched runs get an actor per trial, named in the dashboard; others reuse actors.
+    results = run_tuner(
+        config,
+        data,
+        run_dir,
+        plan,
+        args.no_dashboard,
+        phases,
+        callbacks=callbacks,
+        verbose=args.verbose,
+    )
+    close_study(run_dir, interrupted=watch.interrupted)
+    interrupted = watch.unfinished if watch.interrupted else set()
+
+    def export(judged: dict[str, float]) -> tuple:
+        with phases.timed("export"):
+            epochs, trials = build_tables(results, config, judged, interrupted)
+        metadata = run_metadata(config, data.fingerprint)
+        metadata["timings_s"] = {**phases, "training_spans": spans.spans}
+        write_run(run_dir, epochs, trials, config, metadata)
+        return trials
+
+    trials = export({})
+    status, best, test_acc = 0, None, None
+    if config.search.kind != "grid" and not watch.interrupted:
+        # A grid's trials report test accuracy themselves; a search's choice is judged here.
+        try:
             with phases.timed("judge_best"):
-                judged = judge_best(results, config, data)
-    finally:
-        with phases.timed("ray_shutdown"):
-            ray.shutdown()  # now, not at interpreter exit, where Ray takes seconds longer
-    best, test_acc = judged or (None, None)
+                best, test_acc = judge_best(results, config, data) or (None, None)
+        except Exception as err:  # noqa: BLE001 - the tables are written; say why, exit 1
+            print(
+                f"warning: could not evaluate the chosen trial on the test set "
+                f"({type(err).__name__}: {redact(str(err))}); test_acc stays empty",
+                file=sys.stderr,
+            )
+            status = 1
     best_id = Path(best.path).name if best else None
-    with phases.timed("export"):
-        epochs, trials = build_tables(results, config, {best_id: test_acc} if test_acc else {})
-    metadata = run_metadata(config, data.fingerprint)
-    metadata["timings_s"] = {**phases, "training_spans": spans.spans}
-    write_run(run_dir, epochs, trials, config, metadata)
+    import ray
+
+    with phases.timed("ray_shutdown"):
+        ray.shutdown()  # before the final write, so that its time is in the metadata
+    trials = export({best_id: test_acc} if test_acc is not None else {})
     if config.search.kind == "grid":
         print(f"\n{grid_table(trials)}")
     else:
@@ -279,9 +330,26 @@ def run_experiment(
     if len(nodes := node_counts(trials)) > 1:
         print("trials per node: " + ", ".join(f"{node} {count}" for node, count in nodes.items()))
     if not args.no_report:
-        from tuning.report import write_report
-
-        write_report(run_dir)
+        status = max(status, report(run_dir))
     print(f"\ntime: {phases.line()}")
     print(f"results: {run_dir}/ (epochs.parquet, trials.parquet, report.md)")
-    return 1 if "error" in trials.column("status").to_pylist() else 0
+    if watch.interrupted:
+        print(
+            f"\ninterrupted: {len(interrupted)} trials unfinished (status interrupted); "
+            f"continue with:\n  {resume}",
+            file=sys.stderr,
+        )
+        return 130
+    return max(status, 1 if "error" in trials.column("status").to_pylist() else 0)
+
+
+def report(run_dir: Path) -> int:
+    """Write report.md and its figures; 1 with a warning when that fails (the tables stay)."""
+    from tuning.report import write_report
+
+    try:
+        write_report(run_dir)
+    except Exception as err:  # noqa: BLE001 - a report is a view of the tables already written
+        print(f"warning: no report written ({type(err).__name__}: {err})", file=sys.stderr)
+        return 1
+    return 0

@@ -168,6 +168,9 @@ class RunSettings(Strict):
                 "must be an absolute path (every node resolves it alike) or a URI such as "
                 "s3://bucket/runs; --storage makes a relative path absolute"
             )
+        from tuning.credentials import check_no_credentials
+
+        check_no_credentials(value or "")  # config.yaml and messages would hold them
         return value
 
 
@@ -347,6 +350,7 @@ def _describe(err: ValidationError) -> str:
         got = problem.get("input")
         # A check across sections gets the whole config as its input: not worth echoing.
         quiet = problem["type"] in ("extra_forbidden", "missing") or isinstance(got, dict)
+        quiet = quiet or where == "run.storage"  # may carry credentials: never echoed
         shown = "" if quiet else f" (got {got!r})"
         lines.append(f"  {where}: {message}{shown}")
     return "\n".join(lines)

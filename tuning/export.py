@@ -17,6 +17,7 @@ import pyarrow.fs
 import pyarrow.parquet as pq
 import yaml
 from ray import tune
+from ray.tune.utils import flatten_dict
 
 from trainable.families import MODEL_ARGS
 from tuning.config import ExperimentConfig
@@ -33,7 +34,7 @@ EPOCH_FIELDS = {
 }
 TRIAL_FIELDS = {
     "trial_id": pa.string(),
-    "status": pa.string(),  # completed | early_stopped | diverged | error
+    "status": pa.string(),  # completed | early_stopped | diverged | interrupted | error
     "epochs_completed": pa.int64(),
     "best_val_acc": pa.float64(),
     "final_val_acc": pa.float64(),
@@ -58,23 +59,58 @@ def trial_epochs(trial_dir: Path | str, fs: pyarrow.fs.FileSystem | None = None)
     """One dict per epoch, the last report of an epoch winning, from both of Tune's logs.
 
     After a restore from a checkpoint, `result.json` can miss a row that `progress.csv` holds
-    (ray issue 41668), so the two are merged rather than one trusted.
+    (ray issue 41668), so the two are merged rather than one trusted. Lines a killed driver or
+    a full disk left half-written are skipped with a warning.
     """
     fs = fs or pyarrow.fs.LocalFileSystem()
     folder = Path(trial_dir).as_posix()
-    progress = read_text(fs, f"{folder}/progress.csv")
-    by_epoch = {row["epoch"]: row for row in _progress_csv(progress or "")}
-    for line in (read_text(fs, f"{folder}/result.json") or "").splitlines():
-        row = json.loads(line) if line.strip() else {}
-        if "epoch" in row:
+    reports = _result_json(read_text(fs, f"{folder}/result.json") or "", f"{folder}/result.json")
+    # Each session of Tune's CSV logger writes its rows under the keys of its first report,
+    # with no header after a restore: a report's own keys say what those rows hold.
+    layouts = [list(flatten_dict({k: v for k, v in r.items() if k != "config"})) for r in reports]
+    progress = read_text(fs, f"{folder}/progress.csv") or ""
+    by_epoch = {row["epoch"]: row for row in _progress_csv(progress, layouts)}
+    for row in reports:
+        if isinstance(row.get("epoch"), int):
             by_epoch[row["epoch"]] = row
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
-def _progress_csv(text: str) -> list[dict]:
+def _result_json(text: str, where: str) -> list[dict]:
     rows = []
-    for raw in csv.DictReader(io.StringIO(text, newline="")):
-        row = {k: v for k, v in ((k, _parse(t)) for k, t in raw.items()) if v is not None}
+    for number, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            row = json.loads(line)
+        except ValueError:
+            print(f"warning: skipped unreadable line {number} of {where}", file=sys.stderr)
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows
+
+
+def _progress_csv(text: str, layouts: list[list[str]] = ()) -> list[dict]:
+    """Tune's progress.csv rows as dicts: under its header, or, for a row of another length
+    (written after a restore under another report's keys), under a report's keys of that
+    length. A last line without its newline was cut off while written: skipped."""
+    if text and not text.endswith("\n"):
+        text = text[: text.rfind("\n") + 1]
+    lines = list(csv.reader(io.StringIO(text, newline="")))
+    if not lines:
+        return []
+    header, *cells = lines
+    by_length = {len(header): header}
+    for keys in layouts:
+        by_length.setdefault(len(keys), keys)
+    rows = []
+    for values in cells:
+        keys = by_length.get(len(values))
+        if keys is None:
+            continue  # no known layout: result.json or a missing-epoch warning covers it
+        parsed = ((k, _parse(t)) for k, t in zip(keys, values, strict=True))
+        row = {k: v for k, v in parsed if v is not None}
         # Tune's CSV holds no config columns; the trial's own config stands in for them.
         if isinstance(row.get("epoch"), int):
             rows.append(row)
@@ -83,7 +119,7 @@ def _progress_csv(text: str) -> list[dict]:
 
 def _parse(text: str | None) -> object:
     """A CSV cell back to the int, float, bool or string Tune wrote."""
-    if text is None or text == "":
+    if not isinstance(text, str) or text == "":
         return None
     if "_" in text:  # int() would read "123_45", a trial id, as a number
         return text
@@ -117,20 +153,30 @@ def trial_restarts(tune_dir: Path | str, fs: pyarrow.fs.FileSystem | None = None
     return restarts
 
 
-def trial_status(result: tune.Result, epochs: list[dict], planned: int) -> str:
+def trial_status(
+    result: tune.Result, epochs: list[dict], planned: int, interrupted: bool = False
+) -> str:
+    """`interrupted`: the run stopped (Ctrl-C) before this trial ended; else a trial with
+    fewer epochs than planned was stopped by the scheduler."""
     if result.error is not None:
         return "error"
     if epochs and epochs[-1].get("diverged"):
         return "diverged"
-    return "completed" if len(epochs) >= planned else "early_stopped"
+    if len(epochs) >= planned:
+        return "completed"
+    return "interrupted" if interrupted else "early_stopped"
 
 
 def build_tables(
-    results: tune.ResultGrid, config: ExperimentConfig, judged: dict[str, float] | None = None
+    results: tune.ResultGrid,
+    config: ExperimentConfig,
+    judged: dict[str, float] | None = None,
+    interrupted: set[str] | frozenset[str] = frozenset(),
 ) -> tuple[pa.Table, pa.Table]:
     """The epoch and trial tables, every hyperparameter in a column of its own.
 
-    `judged` maps trial ids to the test accuracy the driver measured on their last checkpoint.
+    `judged` maps trial ids to the test accuracy the driver measured on their last checkpoint;
+    `interrupted` holds the ids of trials an interrupted run left unfinished.
     """
     judged = judged or {}
     # Through the results' filesystem: with run.storage on s3:// or gs:// nothing is local.
@@ -154,7 +200,9 @@ def build_tables(
         trial_rows.append(
             {
                 "trial_id": trial_id,
-                "status": trial_status(result, epochs, result.config.get("epochs", 0)),
+                "status": trial_status(
+                    result, epochs, result.config.get("epochs", 0), trial_id in interrupted
+                ),
                 **hyper,
                 "epochs_completed": len(epochs),
                 "best_val_acc": max(val_accs, default=None),
@@ -226,13 +274,25 @@ def write_config(run_dir: Path, config: ExperimentConfig) -> None:
 
 
 def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write` on a temporary name beside `path`, then rename it over `path`."""
+    """Call `write` on a temporary name beside `path`, flush it to disk, then rename it over
+    `path`: after a crash or a power cut, readers find the old file or the whole new one."""
     partial = path.with_name(f".{path.name}.partial")
     try:
         write(partial)
+        fsync(partial)  # else a rename can reach the disk before the data it names
         os.replace(partial, path)  # atomic on POSIX: readers see the old file or the new one
+        fsync(path.parent)  # the rename itself
     finally:
         partial.unlink(missing_ok=True)
+
+
+def fsync(path: Path) -> None:
+    """Flush a file's (or a folder's entries') writes to the disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def _git_commit() -> str | None:

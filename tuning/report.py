@@ -12,7 +12,7 @@ import math
 import statistics
 import sys
 import warnings
-from collections import defaultdict
+from collections import Counter, defaultdict
 from pathlib import Path
 
 import matplotlib
@@ -42,13 +42,20 @@ def write_report(run_dir: Path) -> list[Path]:
     config = load_config(run_dir / "config.yaml")
     epochs = pq.read_table(run_dir / "epochs.parquet").to_pylist()
     trials = pq.read_table(run_dir / "trials.parquet").to_pylist()
-    if not trials:
-        raise ReportError(f"{run_dir}/trials.parquet has no trials to report on")
+    if not epochs:
+        # Nothing to draw: interrupted before any epoch, or every trial failed at once.
+        statuses = ", ".join(f"{n} {s}" for s, n in Counter(t["status"] for t in trials).items())
+        note = f"No trial completed an epoch ({len(trials)} trials: {statuses or 'none started'})"
+        text = report_markdown(run_dir.name, trials, config, [], [note + "; nothing to plot."])
+        atomic_write(run_dir / "report.md", lambda path: path.write_text(text))
+        return [run_dir / "report.md"]
     figures = {
         "learning_curves.png": learning_curves(epochs, config),
         "accuracy_vs_lr.png": accuracy_vs_lr(trials),
     }
     notes, importances = [], {}
+    if all(t["status"] == "error" for t in trials):
+        notes.append(f"Every trial failed (status error): see {run_dir.name}/ray/*/error.txt.")
     if config.search.kind != "grid":
         try:
             study = rebuild_study(trials, config)

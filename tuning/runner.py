@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
+import signal
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -16,9 +19,64 @@ from trainable.data import DataBundle
 from trainable.trainable import CifarTrainable, SharedData, evaluate_checkpoint
 from tuning.cluster import trial_nodes
 from tuning.config import ExperimentConfig
-from tuning.search import SearchPlan
+from tuning.search import STUDY_FILE, SearchPlan
 from tuning.storage import tune_location, tune_storage
 from tuning.timing import Phases
+
+
+class RunWatch(tune.Callback):
+    """Tells an interrupted fit from a finished one, and which trials it left unfinished.
+
+    After a first Ctrl-C Tune's fit returns normally, and its clean-up marks the trials that
+    were running TERMINATED, like trials that ended. This callback wraps Tune's own SIGINT
+    handler (installed before any callback's `setup`) to see the signal, and keeps each
+    trial's status as of the last step, before that clean-up.
+    """
+
+    FINISHED = ("TERMINATED", "ERROR")
+
+    def __init__(self, on_trial_start: Callable[[], None] = lambda: None) -> None:
+        self.interrupted = False
+        self.unfinished: set[str] = set()
+        self._statuses: dict[str, str] = {}
+        self._on_trial_start = on_trial_start
+        self._tune_handler = None
+
+    def setup(self, **info) -> None:
+        tune_handler = signal.getsignal(signal.SIGINT)
+        if not callable(tune_handler):
+            return
+
+        def on_sigint(sig, frame) -> None:
+            self.interrupted = True
+            tune_handler(sig, frame)  # Tune stops gracefully and restores the handler before it
+
+        try:
+            signal.signal(signal.SIGINT, on_sigint)
+        except ValueError:  # not the main thread: Tune installed no handler either
+            return
+        self._tune_handler, self._handler = tune_handler, on_sigint
+
+    def on_trial_start(self, iteration, trials, trial, **info) -> None:
+        self._on_trial_start()
+
+    def on_step_end(self, iteration, trials, **info) -> None:
+        self._statuses = {t.trial_id: t.status for t in trials}
+
+    def on_experiment_end(self, trials, **info) -> None:
+        statuses = {**{t.trial_id: t.status for t in trials}, **self._statuses}
+        self.unfinished = {tid for tid, status in statuses.items() if status not in self.FINISHED}
+        if self._tune_handler and signal.getsignal(signal.SIGINT) is self._handler:
+            signal.signal(signal.SIGINT, self._tune_handler)  # as Tune leaves it, unwrapped
+
+
+def restoring_study(path: Path):
+    """`tuning.study.study_file(path)` where an Optuna study exists; else nothing to do."""
+    if not path.exists():
+        return contextlib.nullcontext()
+    from tuning.study import study_file
+
+    return study_file(path)
 
 
 def gpus_per_trial(config: ExperimentConfig) -> float:
@@ -100,14 +158,19 @@ def run_tuner(
     with phases.timed("data_to_object_store"):
         trainable = make_trainable(config, share_data(data))
     if plan is None:
-        tuner = tune.Tuner.restore(
-            tune_location(config.run.storage, run_dir),
-            trainable=trainable,
-            resume_unfinished=True,
-            resume_errored=True,
-        )
-        with phases.timed("trials"):
-            return tuner.fit()
+        # The searcher's saved Optuna storage opens this run folder's study.db (tuning/study.py).
+        with restoring_study(run_dir / STUDY_FILE):
+            tuner = tune.Tuner.restore(
+                tune_location(config.run.storage, run_dir),
+                trainable=trainable,
+                resume_unfinished=True,
+                resume_errored=True,
+            )
+            # Tune restores the first session's callbacks from tuner.pkl (stale objects, and
+            # code the storage could hold): this session's own watch its trials instead.
+            tuner._local_tuner.get_run_config().callbacks = list(callbacks or [])
+            with phases.timed("trials"):
+                return tuner.fit()
     storage_path, name = tune_storage(config.run.storage, run_dir)
     search_alg = plan.search_alg
     if isinstance(search_alg, Searcher):
@@ -133,9 +196,11 @@ def run_tuner(
             name=name,
             storage_path=storage_path,
             checkpoint_config=tune.CheckpointConfig(
-                # The latest is all a restart or resume needs (a 2048-wide MLP's is 75 MB);
-                # PBT copies other trials' checkpoints, so keep a few more for it to exploit.
-                num_to_keep=4 if config.scheduler.kind == "pbt" else 1,
+                # Two: Tune deletes the one before the latest before its experiment state names
+                # the latest, and a driver killed in between resumes from the older one (with
+                # only one kept, that trial could never be restored). A 2048-wide MLP's is
+                # 75 MB. PBT copies other trials' checkpoints: keep a few more for it to exploit.
+                num_to_keep=4 if config.scheduler.kind == "pbt" else 2,
                 checkpoint_frequency=1,
                 checkpoint_at_end=True,
             ),

@@ -20,7 +20,7 @@ from ray.tune.search import BasicVariantGenerator, Searcher
 from trainable.families import MODEL_ARGS
 from trainable.settings import TrialConfig
 from tuning.config import ConfigError, Distribution, ExperimentConfig
-from tuning.study import STUDY_FILE, RecordingOptunaSearch, study_url  # noqa: F401 - re-exported
+from tuning.study import STUDY_FILE, RecordingOptunaSearch, study_storage
 
 
 @dataclass
@@ -133,7 +133,7 @@ def _optuna_searcher(config: ExperimentConfig, first: list[dict], run_dir: Path)
         points_to_evaluate=first or None,
         sampler=optuna.samplers.TPESampler(seed=config.search.seed),
         study_name=run_dir.name,
-        storage=optuna.storages.RDBStorage(study_url(run_dir)),
+        storage=study_storage(run_dir / STUDY_FILE),
         epochs=config.trial.epochs,
     )
 

@@ -6,10 +6,18 @@ how each trial ended: COMPLETE when it trained its whole budget (or diverged, wh
 PRUNED when a scheduler stopped it early or the time budget cut it off, with its intermediate
 values (TPE ranks such trials below every complete one, by how far they got); FAIL when it
 errored or the run was interrupted (a resumed trial continues as a new study trial).
+
+Tune pickles the searcher, its storage included, into the run's state (`searcher-state-*.pkl`,
+`tuner.pkl`). An absolute path to study.db there would make a run folder moved or copied
+elsewhere resume against the old folder's study (or fail where that folder is gone): the
+storage pickles no path, and opens the study of the run being resumed (`study_file`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +33,38 @@ PARAM_SEPARATOR = "/"  # Tune's OptunaSearch names a nested setting by its path 
 
 def study_url(run_dir: Path) -> str:
     return f"sqlite:///{(run_dir / STUDY_FILE).resolve()}"
+
+
+# The study file a resume's unpickled storage opens; set around Tune's restore.
+_STUDY_FILE: ContextVar[Path | None] = ContextVar("study_file", default=None)
+
+
+@contextmanager
+def study_file(path: Path) -> Iterator[None]:
+    """While Tune restores a run, its pickled study storage opens `path` (the run's study.db)."""
+    token = _STUDY_FILE.set(Path(path).resolve())
+    try:
+        yield
+    finally:
+        _STUDY_FILE.reset(token)
+
+
+class RunStudyStorage(optuna.storages.RDBStorage):
+    """SQLite storage of one run's study that pickles no path: unpickled inside
+    `study_file(...)`, it opens the study.db of the run folder being resumed."""
+
+    def __getstate__(self) -> dict:
+        return {**super().__getstate__(), "url": None}
+
+    def __setstate__(self, state: dict) -> None:
+        path = _STUDY_FILE.get()
+        if path is None:
+            raise RuntimeError("a run's study storage was unpickled outside study_file()")
+        super().__setstate__({**state, "url": f"sqlite:///{path}"})
+
+
+def study_storage(path: Path) -> RunStudyStorage:
+    return RunStudyStorage(f"sqlite:///{Path(path).resolve()}")
 
 
 def dashboard_command(run_dir: Path) -> str:

@@ -98,7 +98,7 @@ def search_summary(
             f"  {metric} {best_value:.4f} after {best['epochs_completed']} epochs, "
             f"test acc {test} (its last checkpoint, evaluated once)",
         ]
-    statuses = ("completed", "early_stopped", "diverged", "error")
+    statuses = ("completed", "early_stopped", "diverged", "interrupted", "error")
     counts = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in statuses)
     trained = sum(row["epochs_completed"] for row in rows)
     budget = len(rows) * max_epochs
