@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import subprocess
 import sys
@@ -57,6 +59,27 @@ def run_script(
     return subprocess.run(
         **script_command(script, *args, env=env), capture_output=True, text=True, timeout=timeout
     )
+
+
+def run_main(script: str, *args: str, env: dict | None = None, timeout: float | None = None):
+    """An entry script's `main` in this process, for input it refuses before Ray starts: its
+    exit status and output as `run_script` gives them (an exception fails the test)."""
+    from tuning.cli import main
+
+    default = {
+        "tuning/run_grid.py": "configs/grid.yaml",
+        "tuning/run_optuna.py": "configs/optuna.yaml",
+    }
+    out, err = io.StringIO(), io.StringIO()
+    saved = dict(os.environ)
+    os.environ.update(env or {})
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(default[script], list(args))
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+    return subprocess.CompletedProcess([script, *args], code, out.getvalue(), err.getvalue())
 
 
 def start_script(script: str, *args: str, env: dict | None = None) -> subprocess.Popen:

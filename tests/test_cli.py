@@ -13,7 +13,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_script, start_script
+from tests.conftest import REPO, run_main, run_script, start_script
 from tuning.export import EPOCH_FIELDS, TRIAL_FIELDS
 
 
@@ -71,10 +71,16 @@ def test_grid_smoke_writes_the_contract_tables(tmp_path):
         ("run_grid.py", ["--smoke", "--storage", "nope://bucket/runs"], "cannot be opened"),
         ("run_grid.py", ["--smoke", "--set", "run.storage=runs"], "must be an absolute path"),
         ("run_grid.py", ["--smoke", "--address", "127.0.0.1:1"], "no Ray cluster answers"),
+        ("run_grid.py", ["--smoke", "--set", "trial.model=nosuchpackage:build"], "cannot import"),
+        (
+            "run_grid.py",
+            ["--smoke", "--set", "search.grid={model_args.width: [2]}"],
+            "only affects a model of your own",
+        ),
     ],
 )
 def test_bad_input_exits_2_without_traceback_or_files(tmp_path, script, args, expected):
-    proc = run_script(f"tuning/{script}", "--results-dir", str(tmp_path), *args, timeout=120)
+    proc = run_main(f"tuning/{script}", "--results-dir", str(tmp_path), *args, timeout=120)
     assert proc.returncode == 2
     assert expected in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -84,7 +90,7 @@ def test_bad_input_exits_2_without_traceback_or_files(tmp_path, script, args, ex
 def test_an_existing_run_is_not_overwritten(tmp_path):
     (tmp_path / "taken").mkdir()
     (tmp_path / "taken" / "trials.parquet").write_text("keep me")
-    proc = run_script(
+    proc = run_main(
         "tuning/run_grid.py",
         "--smoke",
         "--results-dir",
@@ -230,13 +236,13 @@ def test_an_exposed_dashboard_is_warned_about():
     ],
 )
 def test_resume_refuses_what_it_cannot_do(tmp_path, args, expected):
-    proc = run_script("tuning/run_grid.py", "--results-dir", str(tmp_path), *args, timeout=120)
+    proc = run_main("tuning/run_grid.py", "--results-dir", str(tmp_path), *args, timeout=120)
     assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr
 
 
 def test_a_results_dir_that_is_a_file_is_refused(tmp_path):
     (tmp_path / "taken").write_text("not a folder")
-    proc = run_script("tuning/run_grid.py", "--smoke", "--results-dir", str(tmp_path / "taken"))
+    proc = run_main("tuning/run_grid.py", "--smoke", "--results-dir", str(tmp_path / "taken"))
     assert proc.returncode == 2 and "cannot create --results-dir" in proc.stderr
     assert (tmp_path / "taken").read_text() == "not a folder"
 

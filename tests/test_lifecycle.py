@@ -15,7 +15,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import trainable.data as data_module
-from tests.conftest import REPO, make_image_folder, run_script, start_script
+from tests.conftest import REPO, make_image_folder, run_main, run_script, start_script
 from tests.test_cli import wait_for
 from trainable.checkpoint import CHECKPOINT_FILE, ForeignCheckpointFile, check_checkpoint_folder
 from trainable.data import DataConfig, DataError, load_dataset, locate_dataset
@@ -221,7 +221,7 @@ def test_a_locked_run_folder_is_refused_naming_its_holder(tmp_path):
     try:
         with pytest.raises(ConfigError, match=f"in use by process {os.getpid()} on "):
             RunFolder.existing(tmp_path, "x")
-        proc = run_script(
+        proc = run_main(
             "tuning/run_grid.py", "--resume", "--name", "x", "--results-dir", str(tmp_path)
         )
         assert proc.returncode == 2 and f"process {os.getpid()}" in proc.stderr
@@ -283,7 +283,7 @@ SECRET = "wJalrXUtnFEMIK7MDENGbPxRfiCYEXAMPLEKEY"
     ],
 )
 def test_a_storage_uri_with_credentials_is_refused_unechoed(tmp_path, args):
-    proc = run_script("tuning/run_grid.py", "--smoke", "--results-dir", str(tmp_path), *args)
+    proc = run_main("tuning/run_grid.py", "--smoke", "--results-dir", str(tmp_path), *args)
     assert proc.returncode == 2 and "carries credentials" in proc.stderr
     assert "AWS_ACCESS_KEY_ID" in proc.stderr  # where credentials go instead
     assert SECRET not in proc.stderr + proc.stdout and "Traceback" not in proc.stderr
@@ -357,7 +357,7 @@ def test_a_name_that_is_not_a_name_is_refused(tmp_path, name):
     with pytest.raises(ConfigError, match="must be letters, digits"):
         check_name(name)
     results = tmp_path / "results"
-    proc = run_script(
+    proc = run_main(
         "tuning/run_grid.py", "--smoke", "--results-dir", str(results), "--name", name, timeout=120
     )
     assert proc.returncode == 2 and "--name" in proc.stderr and "Traceback" not in proc.stderr
@@ -410,7 +410,7 @@ def test_a_data_dir_that_loops_through_symlinks_is_refused(tmp_path):
     (tmp_path / "loop").symlink_to(tmp_path / "loop")
     with pytest.raises(DataError, match="loop"):
         locate_dataset(DataConfig(dir=str(tmp_path / "loop")))
-    proc = run_script(
+    proc = run_main(
         "tuning/run_grid.py",
         "--data-dir",
         str(tmp_path / "loop"),
@@ -426,7 +426,7 @@ def test_bad_data_exits_2_naming_the_file_and_writes_nothing(tmp_path):
     root = make_image_folder(tmp_path / "imgs", CLASSES, per_class=3)
     bad = broken(root, "empty")
     results = tmp_path / "results"
-    proc = run_script(
+    proc = run_main(
         "tuning/run_grid.py",
         "--smoke",
         "--data-dir",
@@ -460,6 +460,7 @@ tuning.cluster.start_ray = start_ray
 """
 
 
+@pytest.mark.slow
 def test_a_start_that_fails_removes_the_run_folder(tmp_path):
     driver = patched_driver(tmp_path, RAY_WONT_START)
     results = tmp_path / "results"
