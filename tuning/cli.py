@@ -20,8 +20,9 @@ from tuning.config import (
     smoke_overrides,
 )
 from tuning.export import build_tables, run_metadata, write_config, write_run
+from tuning.groups import verdict_lines, write_groups
 from tuning.storage import can_resume, is_uri, prepare_storage, tune_location
-from tuning.summary import grid_table, node_counts, search_summary
+from tuning.summary import finalist_summary, grid_table, node_counts, search_summary
 from tuning.timing import Phases
 
 REPO = Path(__file__).resolve().parent.parent
@@ -227,19 +228,23 @@ def run_experiment(
     )
     if dashboard:
         print(f"Ray dashboard: {dashboard}")
-    from tuning.runner import judge_best, run_tuner
+    from tuning.finalists import finalise
+    from tuning.runner import judge_best, run_tuner, share_data
 
     spans = TrainingSpans()
     try:
+        with phases.timed("data_to_object_store"):
+            shared = share_data(data)  # once: the finalists' trials read the same copy
         # Watched runs get an actor per trial, named in the dashboard; others reuse actors.
         results = run_tuner(
-            config, data, run_dir, plan, args.no_dashboard, phases, callbacks=[spans]
+            config, shared, run_dir, plan, args.no_dashboard, phases, callbacks=[spans]
         )
         judged = None
         if config.search.kind != "grid":
             # A grid's trials report test accuracy themselves; a search's choice is judged here.
             with phases.timed("judge_best"):
                 judged = judge_best(results, config, data)
+        finals = finalise(config, shared, run_dir, results, args.no_dashboard, phases)
     finally:
         with phases.timed("ray_shutdown"):
             ray.shutdown()  # now, not at interpreter exit, where Ray takes seconds longer
@@ -250,11 +255,15 @@ def run_experiment(
     metadata = run_metadata(config, data.fingerprint)
     metadata["timings_s"] = {**phases, "training_spans": spans.spans}
     write_run(run_dir, epochs, trials, config, metadata)
+    final, groups = write_groups(run_dir, config, epochs, trials, finals, metadata)
     if config.search.kind == "grid":
-        print(f"\n{grid_table(trials)}")
+        print(f"\n{grid_table(trials, verdict_lines(groups, config, finalists=False))}")
     else:
         value = best.metrics.get(config.metric) if best else None
         print(f"\n{search_summary(trials, best_id, value, config.trial.epochs, config.metric)}")
+        if final is not None:
+            verdict = verdict_lines(groups, config, finalists=True)
+            print(f"\nfinalists over their re-runs:\n{finalist_summary(final, groups, verdict)}")
     if len(nodes := node_counts(trials)) > 1:
         print("trials per node: " + ", ".join(f"{node} {count}" for node, count in nodes.items()))
     if not args.no_report:
@@ -263,4 +272,9 @@ def run_experiment(
         write_report(run_dir)
     print(f"\ntime: {phases.line()}")
     print(f"results: {run_dir}/ (epochs.parquet, trials.parquet, report.md)")
-    return 1 if "error" in trials.column("status").to_pylist() else 0
+    if final is not None and "interrupted" in final.column("status").to_pylist():
+        print(f"finalisation interrupted; continue with --resume --name {run_dir.name}")
+        return 130
+    statuses = trials.column("status").to_pylist()
+    statuses += final.column("status").to_pylist() if final is not None else []
+    return 1 if "error" in statuses else 0

@@ -142,6 +142,13 @@ class SchedulerConfig(Strict):
     quantile_fraction: float = Field(0.25, gt=0, le=0.5)  # pbt: bottom part copies the top
 
 
+class FinalConfig(Strict):
+    """Finalists: the search's best configurations trained again over fresh seeds."""
+
+    top_k: int | None = Field(None, ge=0)  # 0: off; None: 3 for a search, 0 for a grid
+    seeds: int = Field(3, ge=1)  # re-runs per finalist; a verdict needs at least 2
+
+
 class ResourcesConfig(Strict):
     cpus_per_trial: float = Field(1, gt=0)
     gpus_per_trial: float | Literal["auto"] = "auto"  # auto: 0 without CUDA
@@ -182,6 +189,7 @@ class ExperimentConfig(Strict):
     trial: TrialConfig = Field(default_factory=TrialConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    final: FinalConfig = Field(default_factory=FinalConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     run: RunSettings = Field(default_factory=RunSettings)
 
@@ -195,6 +203,13 @@ class ExperimentConfig(Strict):
         if self.scheduler.kind is None:
             # A grid compares every point in full; a search stops weak trials (ASHA).
             self.scheduler.kind = "fifo" if self.search.kind == "grid" else "asha"
+        if self.final.top_k is None:
+            self.final.top_k = 0 if self.search.kind == "grid" else 3
+        elif self.final.top_k and self.search.kind == "grid":
+            raise ValueError(
+                "final.top_k is for a search: a grid's seeds are its replicates "
+                "(search.grid.seed: [0, 1, 2]); set final.top_k: 0"
+            )
         epochs = max([self.trial.epochs, *self.search.grid.get("epochs", [])])
         self._check_warmup()
         self._check_family_fields()
@@ -366,6 +381,8 @@ def smoke_overrides(config: ExperimentConfig, synthetic: bool) -> list[str]:
         "search.time_budget_s=null",
         "scheduler.grace_period=1",
     ]
+    if config.final.top_k:
+        items += ["final.top_k=1", "final.seeds=2"]  # the finalists' path, two tiny re-runs
     if synthetic:
         items.append("data.source=synthetic")
     for index, (key, values) in enumerate(config.search.grid.items()):
