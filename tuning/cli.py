@@ -10,6 +10,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from trainable.data import DataBundle, DataError, load_dataset
 from trainable.settings import uses_import_path
 from tuning.config import (
@@ -61,6 +63,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where Tune keeps trial state and checkpoints (run.storage): a folder every node "
         "sees, or a URI such as s3://bucket/runs (default: the run folder)",
     )
+    parser.add_argument(
+        "--warm-start",
+        action="append",
+        default=[],
+        metavar="RUN_DIR",
+        help="an Optuna search starts from this earlier run's finished trials (repeatable; "
+        "search.warm_start)",
+    )
     parser.add_argument("--no-dashboard", action="store_true", help="start Ray without dashboard")
     parser.add_argument("--no-report", action="store_true", help="skip report.md and figures")
     parser.add_argument(
@@ -82,6 +92,16 @@ def resolve_run(args: argparse.Namespace, default_config: str) -> tuple[Experime
     if args.smoke:
         overrides += smoke_overrides(load_config(path), synthetic=not args.data_dir)
     config = load_config(path, overrides + args.overrides + storage_override(args))
+    if args.warm_start:
+        try:  # absolute: config.yaml must find them from anywhere
+            config.search.warm_start = [
+                *config.search.warm_start,
+                *(str(Path(d).resolve()) for d in args.warm_start),
+            ]
+            config = ExperimentConfig.model_validate(config.model_dump())
+        except ValidationError as err:
+            message = err.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"--warm-start: {message}") from None
     run_dir = results / (args.name or f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}")
     if run_dir.exists():
         raise ConfigError(
@@ -102,10 +122,10 @@ def resolve_run(args: argparse.Namespace, default_config: str) -> tuple[Experime
 def resumed_run(args: argparse.Namespace, results: Path) -> tuple[ExperimentConfig, Path]:
     if not args.name:
         raise ConfigError("--resume needs the --name of the run to continue")
-    if args.config or args.overrides or args.smoke:
+    if args.config or args.overrides or args.smoke or args.warm_start:
         raise ConfigError(
             "--resume continues a run as it was configured (its config.yaml): "
-            "drop --config, --set and --smoke"
+            "drop --config, --set, --smoke and --warm-start"
         )
     run_dir = results / args.name
     saved = run_dir / "config.yaml"

@@ -74,6 +74,8 @@ class SearchConfig(Strict):
     time_budget_s: float | None = Field(None, gt=0)  # stop starting/continuing trials after this
     seed: int = 0  # the sampler's seed: the same seed proposes the same configurations
     evaluate_trial_first: bool = True  # first try the `trial` section's point (the original's)
+    # Run folders whose finished trials an Optuna search starts from (also --warm-start).
+    warm_start: list[str] = Field(default_factory=list)
 
     @field_validator("grid")
     @classmethod
@@ -101,6 +103,11 @@ class SearchConfig(Strict):
             raise ValueError("search.space is for kind optuna or random; a grid uses search.grid")
         if self.kind != "grid" and self.grid:
             raise ValueError(f"search.grid is for kind grid; kind {self.kind} uses search.space")
+        if self.warm_start and self.kind != "optuna":
+            raise ValueError(
+                f"search.warm_start feeds an Optuna study; kind {self.kind} has none: "
+                "use kind optuna or drop warm_start"
+            )
         if self.kind != "grid" and not self.space:
             raise ValueError(
                 f"search kind {self.kind} needs a non-empty search.space, "
