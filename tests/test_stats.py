@@ -135,4 +135,4 @@ def test_no_verdict_with_one_seed_per_group_says_how_to_get_one():
 
 def test_p_text():
     assert p_text(0.0004) == "p < 0.001" and p_text(0.2134) == "p = 0.21"
-    assert p_text(0.049) == "p = 0.049"
+    assert p_text(0.049) == "p = 0.049" and p_text(0.2017) == "p = 0.20"

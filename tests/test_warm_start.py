@@ -166,3 +166,20 @@ def test_a_search_warm_started_from_a_search_and_from_a_grid(tmp_path):
     )  # fmt: skip
     assert refused.returncode == 2 and "is not a run folder" in refused.stderr
     assert "Traceback" not in refused.stderr and not (tmp_path / "third").exists()
+
+
+@pytest.mark.parametrize(
+    "script, args, expected",
+    [
+        (
+            "run_grid.py",
+            ["--warm-start", "/tmp"],
+            "--warm-start: search.warm_start feeds an Optuna",
+        ),
+        ("run_optuna.py", ["--resume", "--name", "x", "--warm-start", "/tmp"], "--warm-start"),
+    ],
+)
+def test_warm_start_misuse_exits_2(tmp_path, script, args, expected):
+    proc = run_script(f"tuning/{script}", "--results-dir", str(tmp_path), *args, timeout=120)
+    assert proc.returncode == 2 and expected in proc.stderr and "Traceback" not in proc.stderr
+    assert list(tmp_path.iterdir()) == []

@@ -104,8 +104,10 @@ def group_rows(groups: list[dict], metric: str, mode: str, level: float = LEVEL)
 
 
 def p_text(p: float) -> str:
-    """E.g. "p < 0.001" or "p = 0.21": two significant digits, as a reader needs."""
-    return "p < 0.001" if p < 0.001 else f"p = {p:.2g}"
+    """E.g. "p < 0.001", "p = 0.0068" or "p = 0.20": two significant digits, as a reader needs."""
+    if p < 0.001:
+        return "p < 0.001"
+    return f"p = {p:.2f}" if p >= 0.1 else f"p = {p:.2g}"
 
 
 def seeds_text(counts: list[int]) -> str:

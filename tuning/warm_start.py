@@ -119,7 +119,7 @@ def seed_study(config: ExperimentConfig, study_path: Path) -> tuple[str, list[di
     )
     study.add_trials(added)
     left = sum(skipped.values())
-    reasons = ", ".join(f"{count} {why}" for why, count in sorted(skipped.items()))
+    reasons = ", ".join(f"{count} {why}" for why, count in sorted(skipped.items()) if count)
     runs = f"{len(folders)} earlier run{'s' if len(folders) != 1 else ''}"
     line = (
         f"warm start: {len(added)} finished trials of {runs} added to the study "
