@@ -1,10 +1,12 @@
 """report.py on small runs' tables: every figure a real PNG, a report.md that links them."""
 
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from tuning.config import ExperimentConfig
 from tuning.export import write_run
+from tuning.groups import grid_groups, groups_table
 from tuning.report import main, write_report
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -123,3 +125,25 @@ def test_a_run_without_its_config_is_refused(tmp_path, capsys, missing):
     (tmp_path / "g" / missing).unlink()
     assert main([str(tmp_path / "g")]) == 2
     assert "cannot read config" in capsys.readouterr().err
+
+
+def test_grid_report_gives_the_groups_their_seeds_intervals_and_verdict(tmp_path):
+    rows = [
+        (f"t{i}", lr, "adam", 3, val, test)
+        for i, (lr, val, test) in enumerate(
+            [(1e-3, 0.50, 0.49), (1e-3, 0.52, 0.50), (1e-3, 0.54, 0.51)]
+            + [(1e-2, 0.40, 0.40), (1e-2, 0.41, 0.41), (1e-2, 0.42, 0.42)]
+        )
+    ]
+    run = tmp_path / "g"
+    fake_run(run, {"grid": {"lr": [1e-3, 1e-2]}}, rows)
+    config = ExperimentConfig.model_validate({"name": "small"})
+    trials, epochs = pq.read_table(run / "trials.parquet"), pq.read_table(run / "epochs.parquet")
+    pq.write_table(groups_table(grid_groups(trials, epochs, config)), run / "groups.parquet")
+    write_report(run)
+    assert_pngs(run, ["groups.png"])
+    report = (run / "report.md").read_text()
+    assert "| 1 | lr 0.001 | 3 | 0.5200 ± 0.0497 (95% CI 0.4703–0.5697, n = 3) |" in report
+    assert "**best grid point by mean val_acc: lr 0.001, test acc 0.5000" in report
+    assert "lr 0.01 is worse than lr 0.001 on test accuracy (p < 0.001, 3 seeds each)" in report
+    assert report.index("## Compared groups") < report.index("## learning curves")

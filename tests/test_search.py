@@ -106,7 +106,7 @@ def test_an_optuna_search_starts_as_many_trials_at_once_as_fit(ray_session, data
 
 
 def study_params(path):
-    study = optuna.load_study(study_name="experiment", storage=f"sqlite:///{path}")
+    study = optuna.load_study(study_name=path.parent.name, storage=f"sqlite:///{path}")
     return study, [t.params for t in sorted(study.trials, key=lambda t: t.number)]
 
 

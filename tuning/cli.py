@@ -9,6 +9,8 @@ import sys
 from datetime import datetime
 from pathlib import Path
 
+from pydantic import ValidationError
+
 from trainable.data import DataBundle, DataError, DataLocation, locate_dataset, read_dataset
 from trainable.settings import uses_import_path
 from tuning.config import (
@@ -20,9 +22,16 @@ from tuning.config import (
 )
 from tuning.credentials import check_no_credentials, redact
 from tuning.export import build_tables, run_metadata, write_run
+from tuning.groups import verdict_lines, write_groups
 from tuning.run_folder import RunFolder
 from tuning.storage import can_resume, is_uri, prepare_storage, tune_location
-from tuning.summary import grid_table, node_counts, run_header, search_summary
+from tuning.summary import (
+    finalist_summary,
+    grid_table,
+    node_counts,
+    run_header,
+    search_summary,
+)
 from tuning.timing import Phases
 
 REPO = Path(__file__).resolve().parent.parent
@@ -67,6 +76,14 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="where Tune keeps trial state and checkpoints (run.storage): a folder every node "
         "sees, or a URI such as s3://bucket/runs (default: the run folder)",
     )
+    parser.add_argument(
+        "--warm-start",
+        action="append",
+        default=[],
+        metavar="RUN_DIR",
+        help="an Optuna search starts from this earlier run's finished trials (repeatable; "
+        "search.warm_start)",
+    )
     parser.add_argument("--no-dashboard", action="store_true", help="start Ray without dashboard")
     parser.add_argument("--no-report", action="store_true", help="skip report.md and figures")
     parser.add_argument(
@@ -87,10 +104,12 @@ def open_run(args: argparse.Namespace, default_config: str) -> tuple[ExperimentC
     made yet); ConfigError for anything the user must fix."""
     results = Path(args.results_dir)
     if args.resume:
-        if args.name is not None and (args.config or args.overrides or args.smoke):
+        if args.name is not None and (
+            args.config or args.overrides or args.smoke or args.warm_start
+        ):
             raise ConfigError(
                 "--resume continues a run as it was configured (its config.yaml): "
-                "drop --config, --set and --smoke"
+                "drop --config, --set, --smoke and --warm-start"
             )
         folder = RunFolder.existing(results, args.name)
         try:
@@ -109,6 +128,16 @@ def open_run(args: argparse.Namespace, default_config: str) -> tuple[ExperimentC
     if args.smoke:
         overrides += smoke_overrides(load_config(path), synthetic=not args.data_dir)
     config = load_config(path, overrides + args.overrides + storage_override(args))
+    if args.warm_start:
+        try:  # absolute: config.yaml must find them from anywhere
+            config.search.warm_start = [
+                *config.search.warm_start,
+                *(str(Path(d).resolve()) for d in args.warm_start),
+            ]
+            config = ExperimentConfig.model_validate(config.model_dump())
+        except ValidationError as err:
+            message = err.errors()[0]["msg"].removeprefix("Value error, ")
+            raise ConfigError(f"--warm-start: {message}") from None
     name = f"{config.name}-{datetime.now():%Y%m%d-%H%M%S}" if args.name is None else args.name
     folder = RunFolder.new(results, name)
     if config.run.storage:
@@ -266,8 +295,9 @@ def train_and_export(
     The tables come first: a judge or a report that fails later loses no training."""
     import optuna
 
+    from tuning.finalists import finalise
     from tuning.progress import Progress
-    from tuning.runner import RunWatch, judge_best, run_tuner
+    from tuning.runner import RunWatch, judge_best, run_tuner, share_data
     from tuning.search import searches_with_optuna
     from tuning.study import StudyRecorder, close_study
     from tuning.timing import TrainingSpans
@@ -280,10 +310,12 @@ def train_and_export(
         callbacks.append(Progress.for_config(config))
     if not searches_with_optuna(config):  # Optuna's searcher records its own study
         callbacks.append(StudyRecorder(config, run_dir))
+    with phases.timed("data_to_object_store"):
+        shared = share_data(data)  # once: the finalists' trials read the same copy
     # Watched runs get an actor per trial, named in the dashboard; others reuse actors.
     results = run_tuner(
         config,
-        data,
+        shared,
         run_dir,
         plan,
         args.no_dashboard,
@@ -300,9 +332,9 @@ def train_and_export(
         metadata = run_metadata(config, data.fingerprint)
         metadata["timings_s"] = {**phases, "training_spans": spans.spans}
         write_run(run_dir, epochs, trials, config, metadata)
-        return trials
+        return epochs, trials, metadata
 
-    trials = export({})
+    export({})
     status, best, test_acc = 0, None, None
     if config.search.kind != "grid" and not watch.interrupted:
         # A grid's trials report test accuracy themselves; a search's choice is judged here.
@@ -317,16 +349,24 @@ def train_and_export(
             )
             status = 1
     best_id = Path(best.path).name if best else None
+    finals = None
+    if not watch.interrupted:
+        # The search's best few, trained again over fresh seeds (config.final).
+        finals = finalise(config, shared, run_dir, results, args.no_dashboard, phases, args.verbose)
     import ray
 
     with phases.timed("ray_shutdown"):
         ray.shutdown()  # before the final write, so that its time is in the metadata
-    trials = export({best_id: test_acc} if test_acc is not None else {})
+    epochs, trials, metadata = export({best_id: test_acc} if test_acc is not None else {})
+    final, groups = write_groups(run_dir, config, epochs, trials, finals, metadata)
     if config.search.kind == "grid":
-        print(f"\n{grid_table(trials)}")
+        print(f"\n{grid_table(trials, verdict_lines(groups, config, finalists=False))}")
     else:
         value = best.metrics.get(config.metric) if best else None
         print(f"\n{search_summary(trials, best_id, value, config.trial.epochs, config.metric)}")
+        if final is not None:
+            verdict = verdict_lines(groups, config, finalists=True)
+            print(f"\nfinalists over their re-runs:\n{finalist_summary(final, groups, verdict)}")
     if len(nodes := node_counts(trials)) > 1:
         print("trials per node: " + ", ".join(f"{node} {count}" for node, count in nodes.items()))
     if not args.no_report:
@@ -340,7 +380,13 @@ def train_and_export(
             file=sys.stderr,
         )
         return 130
-    return max(status, 1 if "error" in trials.column("status").to_pylist() else 0)
+    statuses = trials.column("status").to_pylist()
+    if final is not None:
+        if "interrupted" in final.column("status").to_pylist():
+            print(f"\nfinalisation interrupted; continue with:\n  {resume}", file=sys.stderr)
+            return 130
+        statuses += final.column("status").to_pylist()
+    return max(status, 1 if "error" in statuses else 0)
 
 
 def report(run_dir: Path) -> int:

@@ -74,6 +74,8 @@ class SearchConfig(Strict):
     time_budget_s: float | None = Field(None, gt=0)  # stop starting/continuing trials after this
     seed: int = 0  # the sampler's seed: the same seed proposes the same configurations
     evaluate_trial_first: bool = True  # first try the `trial` section's point (the original's)
+    # Run folders whose finished trials an Optuna search starts from (also --warm-start).
+    warm_start: list[str] = Field(default_factory=list)
 
     @field_validator("grid")
     @classmethod
@@ -101,6 +103,11 @@ class SearchConfig(Strict):
             raise ValueError("search.space is for kind optuna or random; a grid uses search.grid")
         if self.kind != "grid" and self.grid:
             raise ValueError(f"search.grid is for kind grid; kind {self.kind} uses search.space")
+        if self.warm_start and self.kind != "optuna":
+            raise ValueError(
+                f"search.warm_start feeds an Optuna study; kind {self.kind} has none: "
+                "use kind optuna or drop warm_start"
+            )
         if self.kind != "grid" and not self.space:
             raise ValueError(
                 f"search kind {self.kind} needs a non-empty search.space, "
@@ -140,6 +147,13 @@ class SchedulerConfig(Strict):
     min_samples_required: int = Field(3, ge=1)  # median: trials needed to compare against
     perturbation_interval: int = Field(1, ge=1)  # pbt: epochs between exploit/explore steps
     quantile_fraction: float = Field(0.25, gt=0, le=0.5)  # pbt: bottom part copies the top
+
+
+class FinalConfig(Strict):
+    """Finalists: the search's best configurations trained again over fresh seeds."""
+
+    top_k: int | None = Field(None, ge=0)  # 0: off; None: 3 for a search, 0 for a grid
+    seeds: int = Field(3, ge=1)  # re-runs per finalist; a verdict needs at least 2
 
 
 class ResourcesConfig(Strict):
@@ -185,6 +199,7 @@ class ExperimentConfig(Strict):
     trial: TrialConfig = Field(default_factory=TrialConfig)
     search: SearchConfig = Field(default_factory=SearchConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    final: FinalConfig = Field(default_factory=FinalConfig)
     resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
     run: RunSettings = Field(default_factory=RunSettings)
 
@@ -198,6 +213,13 @@ class ExperimentConfig(Strict):
         if self.scheduler.kind is None:
             # A grid compares every point in full; a search stops weak trials (ASHA).
             self.scheduler.kind = "fifo" if self.search.kind == "grid" else "asha"
+        if self.final.top_k is None:
+            self.final.top_k = 0 if self.search.kind == "grid" else 3
+        elif self.final.top_k and self.search.kind == "grid":
+            raise ValueError(
+                "final.top_k is for a search: a grid's seeds are its replicates "
+                "(search.grid.seed: [0, 1, 2]); set final.top_k: 0"
+            )
         epochs = max([self.trial.epochs, *self.search.grid.get("epochs", [])])
         self._check_warmup()
         self._check_family_fields()
@@ -370,6 +392,8 @@ def smoke_overrides(config: ExperimentConfig, synthetic: bool) -> list[str]:
         "search.time_budget_s=null",
         "scheduler.grace_period=1",
     ]
+    if config.final.top_k:
+        items += ["final.top_k=1", "final.seeds=2"]  # the finalists' path, two tiny re-runs
     if synthetic:
         items.append("data.source=synthetic")
     for index, (key, values) in enumerate(config.search.grid.items()):

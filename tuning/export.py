@@ -267,6 +267,15 @@ def write_run(
     write_config(run_dir, config)
 
 
+def write_tables(run_dir: Path, tables: dict[str, pa.Table], metadata: dict) -> None:
+    """More tables beside the run's two (`final.parquet`, `groups.parquet`): the same metadata,
+    each written atomically."""
+    meta = {b"cifar_tune": json.dumps(metadata).encode()}
+    for name, table in tables.items():
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
+        atomic_write(run_dir / name, lambda path, t=table: pq.write_table(t, path))
+
+
 def write_config(run_dir: Path, config: ExperimentConfig) -> None:
     """The resolved config as YAML, loadable again (`--resume` reads it)."""
     text = yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), sort_keys=False)

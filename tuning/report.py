@@ -2,7 +2,8 @@
 
     python tuning/report.py results/<name>
 
-Reads only the run folder's `epochs.parquet`, `trials.parquet` and `config.yaml`.
+Reads only the run folder's `epochs.parquet`, `trials.parquet` and `config.yaml`, and where a
+run wrote them `groups.parquet`, `final.parquet` and (for a warm start) `study.db`.
 """
 
 from __future__ import annotations
@@ -69,14 +70,136 @@ def write_report(run_dir: Path) -> list[Path]:
                 )
         except (ValueError, RuntimeError) as err:  # e.g. too few finished trials to compare
             notes.append(f"Optuna's figures were skipped: {err}")
+    compared = compared_groups(run_dir, epochs, trials, config)
+    if compared:
+        figures["groups.png"] = groups_figure(*compared[:2], config)
     written = []
     for name, figure in figures.items():
         atomic_write(run_dir / name, lambda path, f=figure: f.savefig(path, dpi=110, format="png"))
         plt.close(figure)
         written.append(run_dir / name)
     text = report_markdown(run_dir.name, trials, config, list(figures), notes, importances)
+    extra = groups_markdown(*compared, config) if compared else []
+    extra += warm_start_markdown(run_dir, config)
+    if extra:  # before the figures: the verdict is what a reader came for
+        head, sep, tail = text.partition("\n## ")
+        extra_text = "\n".join(extra)
+        text = f"{head.rstrip()}\n\n{extra_text}{sep}{tail}" if sep else f"{text}\n{extra_text}\n"
     atomic_write(run_dir / "report.md", lambda path: path.write_text(text))
     return [*written, run_dir / "report.md"]
+
+
+def compared_groups(run_dir: Path, epochs: list[dict], trials: list[dict], config):
+    """(groups' rows best first, each group's values by label, the finalists' re-runs or None)
+    from `groups.parquet`; None when the run wrote none."""
+    import pyarrow as pa
+
+    from tuning.groups import final_sets, grid_sets
+
+    if not (run_dir / "groups.parquet").exists():
+        return None
+    rows = pq.read_table(run_dir / "groups.parquet").to_pylist()
+    final = None
+    if (run_dir / "final.parquet").exists():
+        final = pq.read_table(run_dir / "final.parquet").to_pylist()
+        sets = final_sets(pa.Table.from_pylist(final), config)
+    else:
+        sets = grid_sets(pa.Table.from_pylist(trials), pa.Table.from_pylist(epochs), config)
+    return rows, {group["label"]: group for group in sets}, final
+
+
+def groups_figure(rows: list[dict], values: dict[str, dict], config: ExperimentConfig):
+    """Each group's seeds as points, with its mean and 95% confidence interval, best first."""
+    measures = [m for m in ("val_acc", "test_acc") if any(r[f"{m}_mean"] is not None for r in rows)]
+    fig, axes = plt.subplots(
+        1, len(measures), figsize=(max(5.5, 1.2 * len(rows) + 2) * len(measures) / 1.6, 4.2),
+        constrained_layout=True, squeeze=False,
+    )  # fmt: skip
+    for ax, measure in zip(axes[0], measures, strict=True):
+        for x, row in enumerate(rows):
+            points = [v for v in values.get(row["group"], {}).get(measure, []) if v is not None]
+            jitter = [x + 0.08 * (i - (len(points) - 1) / 2) for i in range(len(points))]
+            ax.scatter(jitter, points, alpha=0.6, color="tab:blue", zorder=3,
+                       label="seeds" if x == 0 else None)  # fmt: skip
+            mean, low, high = (row[f"{measure}_{k}"] for k in ("mean", "ci_low", "ci_high"))
+            if mean is None:
+                continue
+            err = [[mean - low], [high - mean]] if low is not None else None
+            ax.errorbar([x + 0.3], [mean], yerr=err, fmt="o", color="black", capsize=5,
+                        zorder=4, label="mean, 95% CI" if x == 0 else None)  # fmt: skip
+        ax.set_xticks(range(len(rows)), [r["group"] for r in rows], rotation=20, ha="right")
+        ax.set(ylabel=measure.replace("_", " "), title=f"{measure.replace('_', ' ')} by group")
+        ax.grid(alpha=0.3, axis="y")
+        ax.legend(fontsize=8)
+    fig.suptitle(f"{config.name}: groups best first (by mean {config.metric})")
+    return fig
+
+
+def groups_markdown(rows, values, final, config: ExperimentConfig) -> list[str]:
+    """The compared groups with their intervals, the verdict, and for finalists their order."""
+    from tuning.groups import verdict_lines
+    from tuning.stats import interval_text
+
+    finalists = final is not None
+    lines = [
+        "## Finalists over their re-runs" if finalists else "## Compared groups",
+        "",
+        "Each group's mean, ± the half width of its 95% confidence interval (t distribution), "
+        "over its seeds; p: Welch's t-test against the best group (rank 1, by mean "
+        f"{config.metric}). Details in `groups.parquet`"
+        + (" and every re-run in `final.parquet`." if finalists else "."),
+        "",
+        "| rank | group | n | val acc | test acc | p vs best (test) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for row in rows:
+        p = row.get("test_acc_p_vs_best")
+        lines.append(
+            f"| {row['rank']} | {row['group']} | {row['n']} | {interval_text(row, 'val_acc')} | "
+            f"{interval_text(row, 'test_acc')} | {'—' if p is None else f'{p:.3g}'} |"
+        )
+    lines += ["", *[f"**{line}**" for line in verdict_lines(rows, config, finalists)], ""]
+    if finalists:
+        order = [row["finalist"] for row in rows]
+        searched = ", ".join(dict.fromkeys(str(r["search_trial_id"]) for r in final))
+        same = "the same as" if order == sorted(order) else "not"
+        lines += [
+            f"Order over seeds: finalists {', '.join(map(str, order))}; {same} the search's "
+            f"single-seed order (1 = its best trial). Each finalist re-trains a search trial "
+            f"({searched}) with fresh seeds for the full "
+            "budget; these re-runs are not in trials.parquet.",
+            "",
+        ]
+    return lines
+
+
+def warm_start_markdown(run_dir: Path, config: ExperimentConfig) -> list[str]:
+    """Where the study's earlier trials came from: they are in study.db, not trials.parquet."""
+    study_file = run_dir / "study.db"
+    if not config.search.warm_start or not study_file.exists():
+        return []
+    import optuna
+
+    from tuning.warm_start import RUN_MARK
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=run_dir.name, storage=f"sqlite:///{study_file.resolve()}")
+    counts: dict[str, int] = defaultdict(int)
+    for trial in study.trials:
+        if RUN_MARK in trial.user_attrs:
+            counts[trial.user_attrs[RUN_MARK]] += 1
+    lines = [
+        "## Warm start",
+        "",
+        "The study began with earlier runs' finished trials (in `study.db`, marked with the "
+        "user attribute `warm_start_run`; not in this run's tables):",
+        "",
+    ]
+    for folder in config.search.warm_start:
+        lines.append(
+            f"- {folder}: {counts.get(str(Path(folder).expanduser().resolve()), 0)} trials"
+        )
+    return [*lines, ""]
 
 
 def learning_curves(epochs: list[dict], config: ExperimentConfig) -> plt.Figure:

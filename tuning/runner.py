@@ -111,16 +111,19 @@ def share_data(data: DataBundle) -> SharedData:
     return shared
 
 
-def make_trainable(config: ExperimentConfig, data: SharedData):
-    """The trainable with its data and run settings bound, and its per-trial resources."""
+def make_trainable(config: ExperimentConfig, data: SharedData, evaluate_test: bool | None = None):
+    """The trainable with its data and run settings bound, and its per-trial resources.
+    `evaluate_test`: each trial reports test accuracy at its end (default: in a grid)."""
     cpus = config.resources.cpus_per_trial
+    if evaluate_test is None:
+        evaluate_test = config.search.kind == "grid"
     return tune.with_resources(
         # with_parameters hands every trial the data's object-store reference.
         tune.with_parameters(
             CifarTrainable,
             data=data,
             cpus=cpus,
-            evaluate_test=config.search.kind == "grid",
+            evaluate_test=evaluate_test,
         ),
         {"cpu": cpus, "gpu": gpus_per_trial(config)},
     )
@@ -128,7 +131,7 @@ def make_trainable(config: ExperimentConfig, data: SharedData):
 
 def run_tuner(
     config: ExperimentConfig,
-    data: DataBundle,
+    data: DataBundle | SharedData,
     run_dir: Path,
     plan: SearchPlan | None,
     reuse_actors: bool = True,
@@ -146,6 +149,7 @@ def run_tuner(
     finished trial; unfinished ones continue from their last checkpoint, and a searcher (Optuna's
     study) from its state.
     `phases` gets the time to put the data in the object store and the time of the trials.
+    `data` already in the object store (`share_data`) is not put there again.
     """
     phases = Phases() if phases is None else phases
     # num_to_keep forces an experiment-state snapshot after each pruned checkpoint; locally that
@@ -156,7 +160,8 @@ def run_tuner(
         # the older one is silent there, leaving the console to our callbacks.
         os.environ["RAY_AIR_NEW_OUTPUT"] = "0"
     with phases.timed("data_to_object_store"):
-        trainable = make_trainable(config, share_data(data))
+        shared = data if isinstance(data, SharedData) else share_data(data)
+        trainable = make_trainable(config, shared)
     if plan is None:
         # The searcher's saved Optuna storage opens this run folder's study.db (tuning/study.py).
         with restoring_study(run_dir / STUDY_FILE):

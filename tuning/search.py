@@ -99,6 +99,8 @@ def build_plan(config: ExperimentConfig, run_dir: Path) -> SearchPlan:
         first = [{key: search.space[key].nearest(value) for key, value in point.items()}]
         if first[0] != point:
             notes.append(f"first point moved into the search space: {point} → {first[0]}")
+    if search.warm_start:
+        first = _warm_start(config, kind, run_dir, first, notes)
     try:
         if kind == "optuna":
             # Optuna names a nested parameter by its path joined with "/" (Tune's flattening).
@@ -122,6 +124,19 @@ def build_plan(config: ExperimentConfig, run_dir: Path) -> SearchPlan:
 def searches_with_optuna(config: ExperimentConfig) -> bool:
     """Whether Optuna's searcher runs the search, and so records the study itself."""
     return config.search.kind == "optuna" and config.scheduler.kind != "pbt"
+
+
+def _warm_start(
+    config: ExperimentConfig, kind: str, run_dir: Path, first: list[dict], notes: list[str]
+) -> list[dict]:
+    """Put the earlier runs' trials in the study; `first` less a point they already tried."""
+    from tuning.warm_start import seed_study
+
+    if kind != "optuna":
+        raise ConfigError("search.warm_start needs Optuna's study, and PBT runs random search")
+    line, known = seed_study(config, run_dir / STUDY_FILE)
+    notes.append(line)
+    return [p for p in first if {k.replace(".", "/"): v for k, v in p.items()} not in known]
 
 
 def _optuna_searcher(config: ExperimentConfig, first: list[dict], run_dir: Path) -> Searcher:

@@ -54,8 +54,9 @@ def mean_std(values: list[float]) -> str:
     return f"{statistics.mean(values):.4f} ± {statistics.stdev(values):.4f}"
 
 
-def grid_table(trials: pa.Table) -> str:
-    """Per learning rate: trials, epochs, validation and test accuracy (mean ± std over seeds)."""
+def grid_table(trials: pa.Table, verdict: list[str] = ()) -> str:
+    """Per learning rate: trials, epochs, validation and test accuracy (mean ± std over seeds);
+    then the `verdict` lines (tuning.groups.verdict_lines)."""
     rows = trials.to_pylist()
     header = "| lr | trials | epochs | val acc | test acc | original test acc |"
     lines = [header, "|---|---|---|---|---|---|"]
@@ -71,7 +72,7 @@ def grid_table(trials: pa.Table) -> str:
         )
     statuses = sorted({row["status"] for row in rows})
     counts = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in statuses)
-    return "\n".join(lines) + f"\n\ntrials: {counts}"
+    return "\n".join([*lines, "", f"trials: {counts}", *verdict])
 
 
 def search_summary(
@@ -115,3 +116,44 @@ def node_counts(trials: pa.Table) -> dict[str, int]:
     rows = trials.to_pylist()
     counts = Counter(f"{r['hostname']} ({r['node_id'][:8]})" for r in rows if r.get("node_id"))
     return dict(sorted(counts.items()))
+
+
+def finalist_summary(final: pa.Table, groups: list[dict], verdict: list[str]) -> str:
+    """The finalists by mean metric, with intervals over their re-runs, against the search's
+    single-seed order; then the winner and the verdict."""
+    from tuning.stats import interval_text
+
+    rows = final.to_pylist()
+    lines = [
+        "| rank | finalist (search order) | search trial | re-runs | val acc | test acc |",
+        "|---|---|---|---|---|---|",
+    ]
+    for group in groups:
+        number = group["finalist"]
+        mine = [r for r in rows if r["finalist"] == number]
+        done = sum(r["status"] == "completed" for r in mine)
+        lines.append(
+            f"| {group['rank']} | {number} | {mine[0]['search_trial_id']} | {done} of "
+            f"{len(mine)} | {interval_text(group, 'val_acc')} | "
+            f"{interval_text(group, 'test_acc')} |"
+        )
+    if groups:
+        from tuning.finalists import FINAL_FIELDS
+
+        first = next(r for r in rows if r["finalist"] == groups[0]["finalist"])
+        params = [k for k in first if k not in FINAL_FIELDS and k != "seed"]
+        shown = ", ".join(
+            f"{k}={first[k]:.3g}" if isinstance(first[k], float) else f"{k}={first[k]}"
+            for k in params
+        )
+        lines.append(f"winner: finalist {groups[0]['finalist']}: {shown}")
+    order = [g["finalist"] for g in groups]
+    same = order == sorted(order)
+    lines.append(
+        f"finalists' order over seeds: {', '.join(map(str, order))} "
+        f"({'the same as' if same else 'differs from'} the search's single-seed order)"
+    )
+    unfinished = sum(r["status"] != "completed" for r in rows)
+    if unfinished:
+        lines.append(f"{unfinished} of {len(rows)} re-runs did not complete (see final.parquet)")
+    return "\n".join([*lines, *verdict])

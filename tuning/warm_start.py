@@ -1,0 +1,130 @@
+"""Warm start: earlier runs' finished trials enter a new Optuna study before it proposes anything.
+
+Ray's OptunaSearch opens its study with `create_study(storage, study_name, load_if_exists=True)`
+when Tune hands it the search space, so trials added here, under the same name and storage,
+are in the study TPE samples from; they count towards TPE's start-up trials (complete and pruned
+ones), so with enough of them the first proposals are TPE's, not random ones. Each is marked
+with the user attributes `warm_start_run` (the folder) and `warm_start_trial_id`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import Counter, defaultdict
+from pathlib import Path
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from tuning.config import ConfigError, ExperimentConfig, load_config
+
+RUN_FILE = "config.yaml"
+TABLES = ("trials.parquet", "epochs.parquet")
+FINISHED = ("completed", "early_stopped", "diverged")  # ended with a last value of the metric
+RUN_MARK, TRIAL_MARK = "warm_start_run", "warm_start_trial_id"
+STARTUP = 10  # TPESampler's n_startup_trials: random proposals until the study holds this many
+
+
+def earlier_trials(folder: Path, config: ExperimentConfig) -> tuple[list[dict], int]:
+    """A run folder's finished trials, each with its settings (flat columns), `value` (the
+    metric at its last epoch) and `intermediate` ({epoch: value}); and how many were left out
+    as unfinished. ConfigError for a folder that is not a run or optimised another metric."""
+    missing = [name for name in (RUN_FILE, *TABLES) if not (folder / name).is_file()]
+    if missing:
+        raise ConfigError(
+            f"--warm-start {folder} is not a run folder (no {', '.join(missing)}); give a "
+            "folder run_grid.py or run_optuna.py wrote, e.g. results/<name>"
+        )
+    try:
+        earlier = load_config(folder / RUN_FILE)
+    except ConfigError as err:
+        raise ConfigError(f"--warm-start {folder}: its config.yaml does not load: {err}") from None
+    if (earlier.metric, earlier.mode) != (config.metric, config.mode):
+        raise ConfigError(
+            f"--warm-start {folder} optimised {earlier.metric} ({earlier.mode}), this search "
+            f"{config.metric} ({config.mode}): their values cannot share a study; warm-start "
+            "from a run with the same metric and mode"
+        )
+    by_trial: dict[str, dict[int, float]] = defaultdict(dict)
+    for row in pq.read_table(folder / "epochs.parquet").to_pylist():
+        value = row.get(config.metric)
+        if value is not None and math.isfinite(value):
+            by_trial[row["trial_id"]][row["epoch"]] = value
+    trials, unfinished = [], 0
+    for trial in pq.read_table(folder / "trials.parquet").to_pylist():
+        curve = by_trial.get(trial["trial_id"])
+        if trial["status"] not in FINISHED or not curve:
+            unfinished += 1
+            continue
+        last = max(curve)
+        trials.append({**trial, "value": curve[last], "intermediate": dict(sorted(curve.items()))})
+    return trials, unfinished
+
+
+def contains(distribution: Any, value: Any) -> bool:
+    """Whether an Optuna distribution can hold `value` (a range's ends included)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False
+    try:
+        internal = distribution.to_internal_repr(value)
+    except (ValueError, TypeError):
+        return False
+    return distribution._contains(internal)
+
+
+def seed_study(config: ExperimentConfig, study_path: Path) -> tuple[str, list[dict]]:
+    """Add the finished trials of `config.search.warm_start`'s runs to the study Ray will open;
+    return the line to print and the parameters added (Optuna's names)."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    from tuning.search import param_space
+
+    # Ray's own translation: the names ("model_args/width") and distributions it will ask with.
+    distributions = OptunaSearch.convert_search_space(param_space(config))
+    folders = [Path(p).expanduser().resolve() for p in config.search.warm_start]
+    sources = [(folder, *earlier_trials(folder, config)) for folder in folders]
+    added, skipped = [], Counter()
+    for folder, trials, unfinished in sources:
+        skipped["unfinished"] += unfinished
+        for trial in trials:
+            params, why = {}, None
+            for name, distribution in distributions.items():
+                value = trial.get(name.replace("/", "."))
+                if value is None:
+                    why = f"missing {name.replace('/', '.')}"
+                    break
+                if not contains(distribution, value):
+                    why = "outside the space"
+                    break
+                params[name] = value
+            if why:
+                skipped[why] += 1
+                continue
+            added.append(
+                optuna.trial.create_trial(
+                    params=params,
+                    distributions=distributions,
+                    value=trial["value"],
+                    intermediate_values=trial["intermediate"],
+                    user_attrs={RUN_MARK: str(folder), TRIAL_MARK: trial["trial_id"]},
+                )
+            )
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(
+        storage=optuna.storages.RDBStorage(f"sqlite:///{study_path.resolve()}"),
+        study_name=study_path.parent.name,  # the study is named after its run
+        direction="maximize" if config.mode == "max" else "minimize",
+        load_if_exists=True,
+    )
+    study.add_trials(added)
+    left = sum(skipped.values())
+    reasons = ", ".join(f"{count} {why}" for why, count in sorted(skipped.items()) if count)
+    runs = f"{len(folders)} earlier run{'s' if len(folders) != 1 else ''}"
+    line = (
+        f"warm start: {len(added)} finished trials of {runs} added to the study "
+        f"({', '.join(map(str, folders))}); {left} left out{f' ({reasons})' if left else ''}"
+    )
+    if 0 < len(study.trials) < STARTUP:
+        line += f"; TPE's first {STARTUP - len(study.trials)} proposals are still random ones"
+    return line, [t.params for t in added]
