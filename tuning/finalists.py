@@ -10,6 +10,7 @@ run's metric; `groups.parquet` and the verdict say which differences the seeds s
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import dataclass
@@ -137,6 +138,8 @@ def run_finalists(
         with phases.timed("finalists"):
             return tuner.fit()
     points = [run for finalist in finalists for run in finalist.runs(config.final.seeds)]
+    # Each point overrides the trial section's values on purpose; Tune warns once per value.
+    logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
     storage_path, _ = tune_storage(config.run.storage, run_dir)
     limit = config.search.max_concurrent or trials_at_once(config)
     tuner = tune.Tuner(
