@@ -164,9 +164,13 @@ def test_a_grid_prints_a_few_lines_and_its_study_shows_it_while_it_runs(tmp_path
     deadline = time.monotonic() + 240
     while not live and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.5)
-        if (run_dir / "study.db").exists():
+        if not (run_dir / "study.db").exists():
+            continue
+        try:  # the file exists a moment before the study does
             study = optuna.load_study(study_name="g", storage=study_url(run_dir))
-            live = [t for t in study.trials if t.state == State.RUNNING and t.intermediate_values]
+        except KeyError:
+            continue
+        live = [t for t in study.trials if t.state == State.RUNNING and t.intermediate_values]
     out, _ = proc.communicate(timeout=300)
     assert proc.returncode == 0, out[-3000:]
     assert live, "no trial was visible in study.db while the grid ran"
