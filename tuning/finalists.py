@@ -120,20 +120,26 @@ def run_finalists(
     phases = Phases() if phases is None else phases
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     trainable = make_trainable(config, shared, evaluate_test=True)
+    points = [run for finalist in finalists for run in finalist.runs(config.final.seeds)]
+    # Every point is a whole trial config; the space only names the keys, every key a point
+    # sets (a user's model_args too). Tune keeps no param_space across a restore: given again.
+    space = points[0]
     location = final_location(config, run_dir)
     if tune.Tuner.can_restore(location):
         tuner = tune.Tuner.restore(
-            location, trainable=trainable, resume_unfinished=True, resume_errored=True
+            location,
+            trainable=trainable,
+            param_space=space,
+            resume_unfinished=True,
+            resume_errored=True,
         )
         with phases.timed("finalists"):
             return tuner.fit()
-    points = [run for finalist in finalists for run in finalist.runs(config.final.seeds)]
     storage_path, _ = tune_storage(config.run.storage, run_dir)
     limit = config.search.max_concurrent or trials_at_once(config)
     tuner = tune.Tuner(
         trainable,
-        # Every point is a whole trial config; the space only names the keys.
-        param_space=config.trial.model_dump(),
+        param_space=space,
         tune_config=tune.TuneConfig(
             metric=config.metric,
             mode=config.mode,
