@@ -151,7 +151,7 @@ def groups_markdown(rows, values, final, config: ExperimentConfig) -> list[str]:
             f"| {row['rank']} | {row['group']} | {row['n']} | {interval_text(row, 'val_acc')} | "
             f"{interval_text(row, 'test_acc')} | {'—' if p is None else f'{p:.3g}'} |"
         )
-    lines += ["", *[f"**{line}**" for line in verdict_lines(rows, config, finalists)], ""]
+    lines += ["", *[f"- **{line}**" for line in verdict_lines(rows, config, finalists)], ""]
     if finalists:
         order = [row["finalist"] for row in rows]
         searched = ", ".join(dict.fromkeys(str(r["search_trial_id"]) for r in final))
