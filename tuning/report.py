@@ -104,6 +104,11 @@ def compared_groups(run_dir: Path, epochs: list[dict], trials: list[dict], confi
 def groups_figure(rows: list[dict], values: dict[str, dict], config: ExperimentConfig):
     """Each group's seeds as points, with its mean and 95% confidence interval, best first."""
     measures = [m for m in ("val_acc", "test_acc") if any(r[f"{m}_mean"] is not None for r in rows)]
+    with plt.style.context("default"):  # Optuna's plots, drawn before, switch to ggplot's
+        return _groups_axes(rows, values, config, measures)
+
+
+def _groups_axes(rows: list[dict], values: dict[str, dict], config, measures: list[str]):
     fig, axes = plt.subplots(
         1, len(measures), figsize=(max(5.5, 1.2 * len(rows) + 2) * len(measures) / 1.6, 4.2),
         constrained_layout=True, squeeze=False,
