@@ -143,7 +143,7 @@ def test_grid_report_gives_the_groups_their_seeds_intervals_and_verdict(tmp_path
     write_report(run)
     assert_pngs(run, ["groups.png"])
     report = (run / "report.md").read_text()
-    assert "| 1 | lr 0.001 | 3 | 0.5200 ± 0.0497 (95% CI 0.4703–0.5697, n = 3) |" in report
+    assert "| 1 | lr 0.001 | 3 | 0.5200 (95% CI 0.4703–0.5697, n = 3) |" in report
     assert "**best grid point by mean val_acc: lr 0.001, test acc 0.5000" in report
     assert "lr 0.01 is worse than lr 0.001 on test accuracy (p < 0.001, 3 seeds each)" in report
     assert report.index("## Compared groups") < report.index("## learning curves")

@@ -124,6 +124,12 @@ def run_finalists(
     phases = Phases() if phases is None else phases
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     trainable = make_trainable(config, shared, evaluate_test=True)
+    points = [run for finalist in finalists for run in finalist.runs(config.final.seeds)]
+    # Every point is a whole trial config; the space only names the keys, every key a point
+    # sets (a user's model_args too). Tune keeps no param_space across a restore: given again.
+    space = points[0]
+    # Each point overrides the first one's values on purpose; Tune would warn once per value.
+    logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
     location = final_location(config, run_dir)
     progress = Progress(
         config.metric, config.mode, config.trial.epochs, searched=[*config.search.space, "seed"]
@@ -131,21 +137,21 @@ def run_finalists(
     callbacks = [] if verbose else [progress]
     if tune.Tuner.can_restore(location):
         tuner = tune.Tuner.restore(
-            location, trainable=trainable, resume_unfinished=True, resume_errored=True
+            location,
+            trainable=trainable,
+            param_space=space,
+            resume_unfinished=True,
+            resume_errored=True,
         )
         # This session's callbacks, not the first session's pickled ones (as runner.run_tuner).
         tuner._local_tuner.get_run_config().callbacks = callbacks
         with phases.timed("finalists"):
             return tuner.fit()
-    points = [run for finalist in finalists for run in finalist.runs(config.final.seeds)]
-    # Each point overrides the trial section's values on purpose; Tune warns once per value.
-    logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
     storage_path, _ = tune_storage(config.run.storage, run_dir)
     limit = config.search.max_concurrent or trials_at_once(config)
     tuner = tune.Tuner(
         trainable,
-        # Every point is a whole trial config; the space only names the keys.
-        param_space=config.trial.model_dump(),
+        param_space=space,
         tune_config=tune.TuneConfig(
             metric=config.metric,
             mode=config.mode,
@@ -157,8 +163,10 @@ def run_finalists(
         run_config=tune.RunConfig(
             name=FINAL_FOLDER,
             storage_path=storage_path,
+            # Two, as the search keeps (tuning/runner.py): a driver killed between Tune deleting
+            # the older one and recording the newer still finds one to resume from.
             checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=1, checkpoint_frequency=1, checkpoint_at_end=True
+                num_to_keep=2, checkpoint_frequency=1, checkpoint_at_end=True
             ),
             failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
             callbacks=callbacks,

@@ -111,6 +111,11 @@ def compared_groups(run_dir: Path, epochs: list[dict], trials: list[dict], confi
 def groups_figure(rows: list[dict], values: dict[str, dict], config: ExperimentConfig):
     """Each group's seeds as points, with its mean and 95% confidence interval, best first."""
     measures = [m for m in ("val_acc", "test_acc") if any(r[f"{m}_mean"] is not None for r in rows)]
+    with plt.style.context("default"):  # Optuna's plots, drawn before, switch to ggplot's
+        return _groups_axes(rows, values, config, measures)
+
+
+def _groups_axes(rows: list[dict], values: dict[str, dict], config, measures: list[str]):
     fig, axes = plt.subplots(
         1, len(measures), figsize=(max(5.5, 1.2 * len(rows) + 2) * len(measures) / 1.6, 4.2),
         constrained_layout=True, squeeze=False,
@@ -158,7 +163,7 @@ def groups_markdown(rows, values, final, config: ExperimentConfig) -> list[str]:
             f"| {row['rank']} | {row['group']} | {row['n']} | {interval_text(row, 'val_acc')} | "
             f"{interval_text(row, 'test_acc')} | {'—' if p is None else f'{p:.3g}'} |"
         )
-    lines += ["", *[f"**{line}**" for line in verdict_lines(rows, config, finalists)], ""]
+    lines += ["", *[f"- **{line}**" for line in verdict_lines(rows, config, finalists)], ""]
     if finalists:
         order = [row["finalist"] for row in rows]
         searched = ", ".join(dict.fromkeys(str(r["search_trial_id"]) for r in final))

@@ -162,11 +162,12 @@ def verdict(
 
 
 def interval_text(row: dict, measure: str) -> str:
-    """E.g. "0.5123 ± 0.0040 (95% CI 0.5083–0.5163, n = 3)", or the lone value for n = 1."""
+    """E.g. "0.5123 (95% CI 0.5083–0.5163, n = 3)", or the lone value for n = 1. No "±": the
+    grid's table gives mean ± standard deviation, and one sign must not mean two things."""
     mean = row[f"{measure}_mean"]
     if mean is None:
         return "—"
     low, high = row[f"{measure}_ci_low"], row[f"{measure}_ci_high"]
     if low is None:
         return f"{mean:.4f} (n = 1, no interval)"
-    return f"{mean:.4f} ± {(high - low) / 2:.4f} (95% CI {low:.4f}–{high:.4f}, n = {row['n']})"
+    return f"{mean:.4f} (95% CI {low:.4f}–{high:.4f}, n = {row['n']})"
