@@ -119,7 +119,7 @@ def run_finalists(
     left in `<run>/ray-final` (finished re-runs are not trained again). Without `verbose`, the
     compact progress view instead of Tune's output."""
     from tuning.progress import Progress
-    from tuning.runner import make_trainable, trials_at_once
+    from tuning.runner import checkpointing, make_trainable, trials_at_once
 
     phases = Phases() if phases is None else phases
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -163,11 +163,7 @@ def run_finalists(
         run_config=tune.RunConfig(
             name=FINAL_FOLDER,
             storage_path=storage_path,
-            # Two, as the search keeps (tuning/runner.py): a driver killed between Tune deleting
-            # the older one and recording the newer still finds one to resume from.
-            checkpoint_config=tune.CheckpointConfig(
-                num_to_keep=2, checkpoint_frequency=1, checkpoint_at_end=True
-            ),
+            checkpoint_config=checkpointing(config),
             failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
             callbacks=callbacks,
             verbose=1 if verbose else 0,

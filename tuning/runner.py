@@ -129,6 +129,17 @@ def make_trainable(config: ExperimentConfig, data: SharedData, evaluate_test: bo
     )
 
 
+def checkpointing(config: ExperimentConfig) -> tune.CheckpointConfig:
+    """A checkpoint every epoch, the last two kept.
+
+    Two: Tune deletes the one before the latest before its experiment state names the latest,
+    and a driver killed in between resumes from the older one (with only one kept, that trial
+    could never be restored). A 2048-wide MLP's is 75 MB. PBT copies other trials'
+    checkpoints: keep a few more for it to exploit."""
+    keep = 4 if config.scheduler.kind == "pbt" else 2
+    return tune.CheckpointConfig(num_to_keep=keep, checkpoint_frequency=1, checkpoint_at_end=True)
+
+
 def run_tuner(
     config: ExperimentConfig,
     data: DataBundle | SharedData,
@@ -200,15 +211,7 @@ def run_tuner(
         run_config=tune.RunConfig(
             name=name,
             storage_path=storage_path,
-            checkpoint_config=tune.CheckpointConfig(
-                # Two: Tune deletes the one before the latest before its experiment state names
-                # the latest, and a driver killed in between resumes from the older one (with
-                # only one kept, that trial could never be restored). A 2048-wide MLP's is
-                # 75 MB. PBT copies other trials' checkpoints: keep a few more for it to exploit.
-                num_to_keep=4 if config.scheduler.kind == "pbt" else 2,
-                checkpoint_frequency=1,
-                checkpoint_at_end=True,
-            ),
+            checkpoint_config=checkpointing(config),
             failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
             callbacks=callbacks,
             verbose=1 if verbose else 0,  # 0: the callbacks' compact view instead
