@@ -7,6 +7,7 @@ import json
 import os
 import sys
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime
 from pathlib import Path
@@ -161,7 +162,9 @@ def main(default_config: str, argv: list[str] | None = None) -> int:
             return 130
 
 
-def read_beside_ray_start(location: DataLocation) -> Future[tuple[DataBundle, float]]:
+def read_beside_ray_start(
+    location: DataLocation, check: Callable[[str], None]
+) -> Future[tuple[DataBundle, float]]:
     """Import torch and read the data in a thread, to overlap Ray's start; the future gives the
     data and the seconds its read took.
 
@@ -175,7 +178,7 @@ def read_beside_ray_start(location: DataLocation) -> Future[tuple[DataBundle, fl
         import torch  # noqa: F401 - imported here for its time, not its names
 
         started = time.perf_counter()
-        return read_dataset(location), time.perf_counter() - started
+        return read_dataset(location, check), time.perf_counter() - started
 
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="read-data")
     future = pool.submit(read)
@@ -225,7 +228,10 @@ def run_experiment(
     for warning in (dashboard_warning(args), auth_warning(args)):
         if warning:
             print(warning, file=sys.stderr)
-    reading = read_beside_ray_start(location)
+    # The data's fingerprint is saved, or on a resume compared with the saved one, on read.
+    reading = read_beside_ray_start(
+        location, lambda fingerprint: folder.check_data(fingerprint, describe_data(location))
+    )
     try:
         with phases.timed("ray_start"):
             dashboard = start_ray(
@@ -238,7 +244,6 @@ def run_experiment(
             print(f"warning: {warning}", file=sys.stderr)
         with phases.timed("data_load"):  # what of the read Ray's start did not cover
             data, read_s = reading.result()
-        folder.check_data(data.fingerprint, describe_data(location))
         print(
             f"data: {data.source}, {len(data.train_y)} train / {len(data.val_y)} val / "
             f"{len(data.test_y)} test images of {data.image_shape}, read in {read_s:.1f} s "
@@ -282,7 +287,7 @@ def train_and_export(
 
     def export(judged: dict[str, float]) -> tuple:
         with phases.timed("export"):
-            epochs, trials = build_tables(results, config, judged, interrupted)
+            epochs, trials = build_tables(results, config, judged, interrupted, watch.configs)
         metadata = run_metadata(config, data.fingerprint)
         metadata["timings_s"] = {**phases, "training_spans": spans.spans}
         write_run(run_dir, epochs, trials, config, metadata)
