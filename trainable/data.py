@@ -15,6 +15,7 @@ import json
 import os
 import shutil
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -105,10 +106,15 @@ def locate_dataset(spec: DataConfig) -> DataLocation:
     return DataLocation(spec, source, root, tuple(map(str, files)), cache)
 
 
-def read_dataset(location: DataLocation) -> DataBundle:
-    """Read (decoding once, then from cache), subset and split the data found at `location`."""
+def read_dataset(location: DataLocation, check: Callable[[str], None] | None = None) -> DataBundle:
+    """Read (decoding once, then from cache), subset and split the data found at `location`.
+
+    `check` gets the data's fingerprint before anything else looks at the arrays (a resumed
+    run refuses other data there, before their size can fail a split)."""
     spec = location.spec
     arrays, classes, fingerprint = _load_arrays(location)
+    if check is not None:
+        check(fingerprint)
     train_x, train_y, test_x, test_y = (arrays[name] for name in ARRAY_NAMES)
     moments = arrays["train_moments"]
     if spec.train_subset is not None and spec.train_subset < len(train_y):

@@ -7,6 +7,7 @@ import json
 import os
 import sys
 from datetime import datetime
+from functools import partial
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -188,7 +189,9 @@ def main(default_config: str, argv: list[str] | None = None) -> int:
         try:
             with phases.timed("data_load"):
                 location = locate_dataset(config.data)  # a wrong --data-dir fails here
-                data = read_dataset(location)
+                # A resume refuses other data before its split can fail on it.
+                check = partial(folder.check_data, source=describe_data(location))
+                data = read_dataset(location, check if folder.resume else None)
             check_own_models(config, data.image_shape, len(data.classes))
             if not folder.resume:
                 folder.make(config)
@@ -328,7 +331,7 @@ def train_and_export(
 
     def export(judged: dict[str, float]) -> tuple:
         with phases.timed("export"):
-            epochs, trials = build_tables(results, config, judged, interrupted)
+            epochs, trials = build_tables(results, config, judged, interrupted, watch.configs)
         metadata = run_metadata(config, data.fingerprint)
         metadata["timings_s"] = {**phases, "training_spans": spans.spans}
         write_run(run_dir, epochs, trials, config, metadata)

@@ -172,11 +172,13 @@ def build_tables(
     config: ExperimentConfig,
     judged: dict[str, float] | None = None,
     interrupted: set[str] | frozenset[str] = frozenset(),
+    trial_configs: dict[str, dict] | None = None,
 ) -> tuple[pa.Table, pa.Table]:
     """The epoch and trial tables, every hyperparameter in a column of its own.
 
     `judged` maps trial ids to the test accuracy the driver measured on their last checkpoint;
-    `interrupted` holds the ids of trials an interrupted run left unfinished.
+    `interrupted` holds the ids of trials an interrupted run left unfinished; `trial_configs`
+    gives the configs of trials that never reported (Tune's result holds none), by id.
     """
     judged = judged or {}
     # Through the results' filesystem: with run.storage on s3:// or gs:// nothing is local.
@@ -188,11 +190,12 @@ def build_tables(
         epochs = trial_epochs(result.path, result.filesystem)
         if gaps := missing_epochs(epochs):
             print(f"warning: no record of epochs {gaps} of trial {trial_id}", file=sys.stderr)
-        hyper = flat_settings(result.config)
+        trial_config = result.config or (trial_configs or {}).get(trial_id) or {}
+        hyper = flat_settings(trial_config)
         params.update(dict.fromkeys(hyper))
         for row in epochs:
             # Each report carries the config it ran with: PBT changes lr between epochs.
-            at_epoch = flat_settings(row.get("config", result.config))
+            at_epoch = flat_settings(row.get("config", trial_config))
             metrics = {k: row.get(k) for k in list(EPOCH_FIELDS)[1:]}
             epoch_rows.append({"trial_id": trial_id, **metrics, **at_epoch})
         val_accs = [row["val_acc"] for row in epochs if row.get("val_acc") is not None]
@@ -201,7 +204,10 @@ def build_tables(
             {
                 "trial_id": trial_id,
                 "status": trial_status(
-                    result, epochs, result.config.get("epochs", 0), trial_id in interrupted
+                    result,
+                    epochs,
+                    trial_config.get("epochs", config.trial.epochs),
+                    trial_id in interrupted,
                 ),
                 **hyper,
                 "epochs_completed": len(epochs),

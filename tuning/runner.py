@@ -38,6 +38,7 @@ class RunWatch(tune.Callback):
     def __init__(self, on_trial_start: Callable[[], None] = lambda: None) -> None:
         self.interrupted = False
         self.unfinished: set[str] = set()
+        self.configs: dict[str, dict] = {}  # every trial's config, reported or not
         self._statuses: dict[str, str] = {}
         self._on_trial_start = on_trial_start
         self._tune_handler = None
@@ -66,6 +67,7 @@ class RunWatch(tune.Callback):
     def on_experiment_end(self, trials, **info) -> None:
         statuses = {**{t.trial_id: t.status for t in trials}, **self._statuses}
         self.unfinished = {tid for tid, status in statuses.items() if status not in self.FINISHED}
+        self.configs = {t.trial_id: t.config for t in trials}
         if self._tune_handler and signal.getsignal(signal.SIGINT) is self._handler:
             signal.signal(signal.SIGINT, self._tune_handler)  # as Tune leaves it, unwrapped
 
