@@ -73,9 +73,7 @@ def section(name: str, model: type[BaseModel], notes: dict[str, str] | None = No
         if isinstance(field.annotation, type) and issubclass(field.annotation, BaseModel):
             continue  # a section of its own
         meaning = " ".join(filter(None, [notes.get(key, ""), found.get(key, "")]))
-        rows.append(
-            f"| `{key}` | {type_name(field.annotation)} | {default(field)} | {meaning} |"
-        )
+        rows.append(f"| `{key}` | {type_name(field.annotation)} | {default(field)} | {meaning} |")
     doc = model.__dict__.get("__doc__") or ""  # its own, not a base's
     intro = f"{doc.splitlines()[0]}\n\n" if doc and model is not ExperimentConfig else ""
     return f"## `{name}`\n\n{intro}" + "\n".join(rows)
