@@ -11,7 +11,14 @@ import math
 import statistics
 from dataclasses import dataclass
 
-from scipy import stats as scipy_stats
+
+def student_t():
+    """scipy's Student t distribution, imported at first use: scipy.stats is slow to import,
+    and the entry scripts import this module before they check their input."""
+    from scipy.stats import t
+
+    return t
+
 
 LEVEL = 0.95  # confidence of the intervals; a difference counts at p < 1 - LEVEL
 MEASURES = ("val_acc", "test_acc")  # what every group is summarised on
@@ -42,7 +49,7 @@ def summarize(values: list[float], level: float = LEVEL) -> Summary:
     if n == 1:
         return Summary(1, mean, None, None, None)
     std = statistics.stdev(values)
-    half = scipy_stats.t.ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n)
+    half = student_t().ppf(0.5 + level / 2, n - 1) * std / math.sqrt(n)
     return Summary(n, mean, std, mean - half, mean + half)
 
 
@@ -61,7 +68,7 @@ def welch_p(a: list[float], b: list[float]) -> float | None:
         return 1.0 if ma == mb else 0.0
     t = (ma - mb) / math.sqrt(sa + sb)
     df = (sa + sb) ** 2 / (sa**2 / (len(a) - 1) + sb**2 / (len(b) - 1))
-    return float(2 * scipy_stats.t.sf(abs(t), df))
+    return float(2 * student_t().sf(abs(t), df))
 
 
 def group_rows(groups: list[dict], metric: str, mode: str, level: float = LEVEL) -> list[dict]:
