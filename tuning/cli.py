@@ -177,7 +177,8 @@ def main(default_config: str, argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     # A model of the user's own imports from the working directory, as with `python -m`
     # (appended: it shadows nothing). Ray gives the trials the same directory.
-    sys.path.append(os.getcwd())
+    if os.getcwd() not in sys.path:
+        sys.path.append(os.getcwd())
     phases = Phases()
     try:
         config, folder = open_run(args, default_config)
