@@ -20,7 +20,7 @@ from trainable.steps import AutogradStep
 from tuning.config import ConfigError, check_own_models, load_config
 from tuning.search import build_plan, param_space
 
-MODULE = '''
+MODULE = """
 from torch import nn
 
 
@@ -55,7 +55,7 @@ def not_a_module(input_shape, num_classes):
 
 
 NOT_CALLABLE = 3
-'''
+"""
 
 
 @pytest.fixture

@@ -1,13 +1,17 @@
 """The trainable under real Ray Tune, and the tables built from what it reported."""
 
+import io
 import json
 import socket
+import sys
+import weakref
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from trainable.data import load_dataset
+from trainable.trainable import CifarTrainable, SharedData
 from tuning.config import ExperimentConfig
 from tuning.export import EPOCH_FIELDS, TRIAL_FIELDS, build_tables
 from tuning.runner import run_tuner, share_data
@@ -78,9 +82,7 @@ def test_tables_hold_one_row_per_epoch_and_trial(grid_run):
 
 def test_shared_data_leaves_the_driver_reading_the_object_stores_copy(ray_session):
     data = load_dataset(
-        ExperimentConfig.model_validate(
-            {"data": {"source": "synthetic", "val_size": 500}}
-        ).data
+        ExperimentConfig.model_validate({"data": {"source": "synthetic", "val_size": 500}}).data
     )
     before = {name: getattr(data, name).copy() for name in ("train_x", "val_y", "test_x")}
     assert data.train_x.flags.writeable  # the driver's own copy
@@ -102,3 +104,47 @@ def test_trials_record_where_they_ran(grid_run, ray_session):
             socket.gethostname(),
             "cpu",
         )
+
+
+def test_a_trial_actor_prints_no_exit_from_a_finalizer_but_every_other_error(ray_session, tmp_path):
+    # Ray stops trial actors with SIGTERM at the end of a run; caught inside a weakref callback,
+    # its SystemExit printed "Exception ignored ... SystemExit: 1" on the driver's console.
+    config = ExperimentConfig.model_validate(
+        {"data": {"source": "synthetic", "train_subset": 200, "val_size": 100}}
+    )
+    shared = SharedData(ray_session.put(load_dataset(config.data)))
+
+    class Local(CifarTrainable):
+        def _setup_logdir(self):
+            self._logdir = str(tmp_path)
+
+        def setup(self, trial_config):
+            super().setup(trial_config, data=shared)
+
+    def finalizer_output(_trial) -> str:  # defined here: Ray ships it to the actor by value
+        """What the actor prints for a finalizer that exits (as Ray's SIGTERM handler does
+        inside one) and for one that fails."""
+
+        class Thing:
+            pass
+
+        def exits(_):
+            raise SystemExit(1)
+
+        def fails(_):
+            raise ValueError("a real bug")
+
+        printed, sys.stderr = sys.stderr, io.StringIO()
+        try:
+            first, second = Thing(), Thing()
+            refs = [weakref.ref(first, exits), weakref.ref(second, fails)]
+            del first, second
+            return sys.stderr.getvalue()
+        finally:
+            sys.stderr = printed
+            del refs
+
+    actor = ray_session.remote(num_cpus=0)(Local).remote(config.trial.model_dump())
+    printed = ray_session.get(actor.__ray_call__.remote(finalizer_output))
+    assert "ValueError: a real bug" in printed
+    assert "SystemExit" not in printed

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 
 import ray
@@ -47,6 +48,17 @@ def evaluate_checkpoint(
     return training.evaluate(split)
 
 
+def ignore_exit_in_finalizers(unraisable: sys.UnraisableHookArgs) -> None:
+    """`sys.unraisablehook` for trial actors: drop a SystemExit raised inside a finalizer.
+
+    When the run ends, Ray stops each actor's worker with SIGTERM, and its handler raises
+    SystemExit wherever the worker's Python code is. Inside a weakref callback Python cannot
+    raise it and prints "Exception ignored ... SystemExit: 1" instead, which Ray forwards to
+    the driver's console; the worker exits regardless. Every other unraisable still prints."""
+    if unraisable.exc_type is not SystemExit:
+        sys.__unraisablehook__(unraisable)
+
+
 class CifarTrainable(tune.Trainable):
     """Trains one configuration, reporting the DESIGN.md metrics once per epoch.
 
@@ -65,6 +77,8 @@ class CifarTrainable(tune.Trainable):
         """`cpus`: the CPUs Ray gave the trial. `evaluate_test`: report test accuracy at the last
         epoch (a grid's table); a search leaves the test set to judge only the configuration it
         chooses."""
+        if ray.get_runtime_context().get_actor_id():  # a process of its own, not a driver's
+            sys.unraisablehook = ignore_exit_in_finalizers
         # A thread per whole CPU Ray gave the trial, or concurrent trials oversubscribe the cores.
         torch.set_num_threads(max(1, int(cpus)))
         self.data = data.get()
