@@ -27,6 +27,21 @@ def ray_session():
     ray.shutdown()
 
 
+def local_trainable(data, log_dir: Path) -> type:
+    """`CifarTrainable` outside Tune, built from a trial config alone: its data the `SharedData`
+    `data`, its log folder `log_dir`. Defined in a function, Ray ships it to an actor by value."""
+    from trainable.trainable import CifarTrainable
+
+    class Local(CifarTrainable):
+        def _setup_logdir(self):
+            self._logdir = str(log_dir)
+
+        def setup(self, trial_config):
+            super().setup(trial_config, data=data)
+
+    return Local
+
+
 def make_image_folder(
     root: Path, classes: list[str], per_class: int, size: tuple[int, int] = (8, 8), ext=".png"
 ) -> Path:

@@ -87,6 +87,26 @@ def test_the_estimate_counts_unstarted_trials_and_the_rest_of_running_ones(monke
     assert progress.estimate_left(elapsed=10) == pytest.approx(50)
 
 
+def test_a_resumed_run_counts_the_trials_that_ended_before_it(monkeypatch):
+    monkeypatch.setattr(sys, "stdout", io.StringIO())
+    progress = Progress("val_acc", "max", epochs=4, searched=[], interval_s=0.0)
+    progress.setup(total_num_samples=3)
+    earlier, failed, left = (fake_trial(f"t{i}", 0.001, epochs=4) for i in range(3))
+    for trial, status in ((earlier, "TERMINATED"), (failed, "ERROR"), (left, "PENDING")):
+        trial.status = status
+    progress.on_step_begin(iteration=0, trials=[earlier, failed, left])
+    progress.on_trial_start(iteration=0, trials=[], trial=left)
+    report(progress, left, 1, 0.3)
+    assert "2/3 trials done (2 before this resume)" in progress.state()
+    progress.first_result -= 10  # one epoch took 10 s: only the running trial's 3 are left
+    assert progress.estimate_left(elapsed=10) == pytest.approx(3 * 10, rel=0.01)
+    report(progress, left, 4, 0.4)
+    progress.on_trial_complete(iteration=1, trials=[], trial=left)
+    left.status = "TERMINATED"
+    progress.on_step_begin(iteration=1, trials=[earlier, failed, left])  # counted once only
+    assert "3/3 trials done (2 before this resume)" in progress.state(final=True)
+
+
 @pytest.mark.parametrize(
     "result, error, state",
     [

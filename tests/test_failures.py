@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import tuning.runner
+from tests.conftest import local_trainable
 from trainable.checkpoint import CHECKPOINT_FILE, load
 from trainable.data import load_dataset
 from trainable.trainable import CifarTrainable, SharedData
@@ -60,12 +61,7 @@ def test_a_trial_restored_from_its_last_checkpoint_ends_without_training_more(
     config = ExperimentConfig.model_validate(TINY)
     shared = SharedData(ray_session.put(load_dataset(config.data)))
 
-    class Local(CifarTrainable):  # a trainable outside Tune, its log folder in tmp_path
-        def _setup_logdir(self):
-            self._logdir = str(tmp_path)
-
-        def setup(self, trial_config):
-            super().setup(trial_config, data=shared)
+    Local = local_trainable(shared, tmp_path)
 
     class OtherTrial(Local):  # as PBT restores a trial from another trial's checkpoint
         trial_id = "another"

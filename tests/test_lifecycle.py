@@ -15,11 +15,18 @@ import pyarrow.parquet as pq
 import pytest
 
 import trainable.data as data_module
-from tests.conftest import REPO, make_image_folder, run_main, run_script, start_script
+from tests.conftest import (
+    REPO,
+    local_trainable,
+    make_image_folder,
+    run_main,
+    run_script,
+    start_script,
+)
 from tests.test_cli import wait_for
 from trainable.checkpoint import CHECKPOINT_FILE, ForeignCheckpointFile, check_checkpoint_folder
 from trainable.data import DataConfig, DataError, load_dataset, locate_dataset
-from trainable.trainable import CifarTrainable, SharedData
+from trainable.trainable import SharedData
 from tuning.config import ConfigError, ExperimentConfig
 from tuning.export import atomic_write, trial_epochs, write_run
 from tuning.run_folder import RunFolder, check_name
@@ -342,12 +349,7 @@ def test_a_checkpoint_folder_with_a_foreign_file_is_not_restored(ray_session, tm
     config = ExperimentConfig.model_validate(TINY)
     shared = SharedData(ray_session.put(load_dataset(config.data)))
 
-    class Local(CifarTrainable):  # a trainable outside Tune, its log folder in tmp_path
-        def _setup_logdir(self):
-            self._logdir = str(tmp_path)
-
-        def setup(self, trial_config):
-            super().setup(trial_config, data=shared)
+    Local = local_trainable(shared, tmp_path)
 
     checkpoint = tmp_path / "checkpoint_000000"
     checkpoint.mkdir()

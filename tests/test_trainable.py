@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import local_trainable
 from trainable.data import load_dataset
-from trainable.trainable import CifarTrainable, SharedData
+from trainable.trainable import SharedData
 from tuning.config import ExperimentConfig
 from tuning.export import EPOCH_FIELDS, TRIAL_FIELDS, build_tables
 from tuning.runner import run_tuner, share_data
@@ -114,13 +115,6 @@ def test_a_trial_actor_prints_no_exit_from_a_finalizer_but_every_other_error(ray
     )
     shared = SharedData(ray_session.put(load_dataset(config.data)))
 
-    class Local(CifarTrainable):
-        def _setup_logdir(self):
-            self._logdir = str(tmp_path)
-
-        def setup(self, trial_config):
-            super().setup(trial_config, data=shared)
-
     def finalizer_output(_trial) -> str:  # defined here: Ray ships it to the actor by value
         """What the actor prints for a finalizer that exits (as Ray's SIGTERM handler does
         inside one) and for one that fails."""
@@ -144,7 +138,8 @@ def test_a_trial_actor_prints_no_exit_from_a_finalizer_but_every_other_error(ray
             sys.stderr = printed
             del refs
 
-    actor = ray_session.remote(num_cpus=0)(Local).remote(config.trial.model_dump())
+    trial = ray_session.remote(num_cpus=0)(local_trainable(shared, tmp_path))
+    actor = trial.remote(config.trial.model_dump())
     printed = ray_session.get(actor.__ray_call__.remote(finalizer_output))
     assert "ValueError: a real bug" in printed
     assert "SystemExit" not in printed

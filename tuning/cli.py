@@ -371,7 +371,8 @@ def train_and_export(
         if final is not None:
             verdict = verdict_lines(groups, config, finalists=True)
             print(f"\nfinalists over their re-runs:\n{finalist_summary(final, groups, verdict)}")
-    if len(nodes := node_counts(trials)) > 1:
+    joined = args.address or os.environ.get("RAY_ADDRESS")  # a local resume gets a new node id
+    if joined and len(nodes := node_counts(trials)) > 1:
         print("trials per node: " + ", ".join(f"{node} {count}" for node, count in nodes.items()))
     if not args.no_report:
         status = max(status, report(run_dir))

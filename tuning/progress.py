@@ -13,6 +13,7 @@ import time
 from dataclasses import dataclass
 
 from ray import tune
+from ray.tune.experiment import Trial
 
 from tuning.config import ExperimentConfig
 
@@ -79,6 +80,7 @@ class Progress(tune.Callback):
         self.running: dict[str, TrialView] = {}
         self.counts = {"completed": 0, "stopped early": 0, "diverged": 0, "failed": 0}
         self.started_trials = 0
+        self.ended_before: int | None = None  # trials a resumed run finished in earlier processes
         self.epochs_done = 0
         self.best: tuple[float, str] | None = None
         self.drawn = 0  # lines of the live view on screen
@@ -92,6 +94,10 @@ class Progress(tune.Callback):
                 node = node.get(part) if isinstance(node, dict) else None
             shown.append(f"{key}={node:.3g}" if isinstance(node, float) else f"{key}={node}")
         return f"{trial.trial_id} " + " ".join(shown)
+
+    def on_step_begin(self, iteration, trials, **info) -> None:
+        if self.ended_before is None:  # the first step: what ended before this process
+            self.ended_before = sum(t.status in (Trial.TERMINATED, Trial.ERROR) for t in trials)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.started_trials += 1
@@ -165,9 +171,11 @@ class Progress(tune.Callback):
     def state(self, final: bool = False) -> str:
         """One line: elapsed, trials done, the best so far, and the estimated rest."""
         elapsed = time.monotonic() - self.started
-        done = sum(self.counts.values())
+        before = self.ended_before or 0
+        done = sum(self.counts.values()) + before
         others = ", ".join(
-            f"{n} {what}" for what, n in self.counts.items() if n and what != "completed"
+            [f"{n} {what}" for what, n in self.counts.items() if n and what != "completed"]
+            + ([f"{before} before this resume"] if before else [])
         )
         parts = [
             f"[{clock(elapsed)}]",
@@ -186,7 +194,7 @@ class Progress(tune.Callback):
         if not self.first_result or not self.epochs_done:
             return None
         rate = self.epochs_done / max(time.monotonic() - self.first_result, 1e-9)
-        unstarted = max(self.planned - self.started_trials, 0)
+        unstarted = max(self.planned - self.started_trials - (self.ended_before or 0), 0)
         epochs_left = unstarted * self.epochs + sum(
             v.budget - v.epoch for v in self.running.values()
         )
