@@ -94,10 +94,12 @@ def test_a_resumed_run_counts_the_trials_that_ended_before_it(monkeypatch):
     earlier, failed, left = (fake_trial(f"t{i}", 0.001, epochs=4) for i in range(3))
     for trial, status in ((earlier, "TERMINATED"), (failed, "ERROR"), (left, "PENDING")):
         trial.status = status
+    earlier.last_result = {"epoch": 4, "val_acc": 0.5}
     progress.on_step_begin(iteration=0, trials=[earlier, failed, left])
     progress.on_trial_start(iteration=0, trials=[], trial=left)
     report(progress, left, 1, 0.3)
     assert "2/3 trials done (2 before this resume)" in progress.state()
+    assert "best val_acc 0.5000 (t0)" in progress.state()  # the run's best, not this process's
     progress.first_result -= 10  # one epoch took 10 s: only the running trial's 3 are left
     assert progress.estimate_left(elapsed=10) == pytest.approx(3 * 10, rel=0.01)
     report(progress, left, 4, 0.4)

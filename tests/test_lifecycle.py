@@ -184,6 +184,45 @@ def test_a_trial_that_never_started_is_exported_as_interrupted(tmp_path):
     assert epochs.num_rows == 0
 
 
+INTERRUPT_AT_FIRST_RESULT = """
+import os, signal
+from ray import tune
+import tuning.runner
+
+class InterruptAtFirstResult(tune.Callback):
+    # Ctrl-C while two trials run and the third waits, created but never started.
+    sent = False
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if not InterruptAtFirstResult.sent:
+            InterruptAtFirstResult.sent = True
+            os.kill(os.getpid(), signal.SIGINT)
+
+run_tuner = tuning.runner.run_tuner
+tuning.runner.run_tuner = lambda *a, callbacks=(), **k: run_tuner(
+    *a, callbacks=[*callbacks, InterruptAtFirstResult()], **k
+)
+"""
+
+
+@pytest.mark.slow
+def test_a_run_interrupted_before_a_trial_started_resumes_quietly(tmp_path):
+    driver = patched_driver(tmp_path, INTERRUPT_AT_FIRST_RESULT)
+    run = tmp_path / "i"
+    common = ["--results-dir", str(tmp_path), "--name", "i", "--no-dashboard", "--no-report"]
+    grid = ["--smoke", "--set", "search.grid.lr=[0.001, 0.002, 0.003]", "--set", "trial.epochs=3"]
+    first = run_script(str(driver), *grid, *common)
+    assert first.returncode == 130, first.stdout[-2000:] + first.stderr[-3000:]
+    _, trials = tables(run)
+    assert any(t["status"] == "interrupted" and t["epochs_completed"] == 0 for t in trials)
+
+    resumed = run_script("tuning/run_grid.py", "--resume", *common)
+    assert resumed.returncode == 0, resumed.stdout[-2000:] + resumed.stderr[-3000:]
+    assert [t["status"] for t in tables(run)[1]] == ["completed"] * 3
+    # Tune's warning that it found no metrics for the trial that never started is not news.
+    assert "Failed to fetch metrics" not in resumed.stderr, resumed.stderr
+
+
 # 2. No tables lost to a late failure.
 
 JUDGE_FAILS = """

@@ -96,8 +96,13 @@ class Progress(tune.Callback):
         return f"{trial.trial_id} " + " ".join(shown)
 
     def on_step_begin(self, iteration, trials, **info) -> None:
-        if self.ended_before is None:  # the first step: what ended before this process
-            self.ended_before = sum(t.status in (Trial.TERMINATED, Trial.ERROR) for t in trials)
+        if self.ended_before is not None:
+            return
+        # The first step: a resumed run's trials that ended in earlier processes.
+        ended = [t for t in trials if t.status in (Trial.TERMINATED, Trial.ERROR)]
+        self.ended_before = len(ended)
+        for trial in ended:
+            self.consider((trial.last_result or {}).get(self.metric), trial.trial_id)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.started_trials += 1
@@ -112,13 +117,17 @@ class Progress(tune.Callback):
         if result.get("epoch", 0) > view.epoch:
             self.epochs_done += result["epoch"] - view.epoch
         view.epoch, view.value = result.get("epoch", view.epoch), result.get(self.metric)
-        if view.value is not None and view.value == view.value:  # not NaN
+        self.consider(view.value, trial.trial_id)
+        self.refresh()
+
+    def consider(self, value: float | None, trial_id: str) -> None:
+        """Keep `value` as the best so far if it beats it."""
+        if value is not None and value == value:  # not NaN
             better = self.best is None or (
-                view.value > self.best[0] if self.mode == "max" else view.value < self.best[0]
+                value > self.best[0] if self.mode == "max" else value < self.best[0]
             )
             if better:
-                self.best = (view.value, trial.trial_id)
-        self.refresh()
+                self.best = (value, trial_id)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         view = self.running.pop(trial.trial_id, None) or TrialView(self.label(trial), self.epochs)

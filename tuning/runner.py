@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import logging
 import os
 import signal
 from collections.abc import Callable
@@ -177,7 +178,10 @@ def run_tuner(
         trainable = make_trainable(config, shared)
     if plan is None:
         # The searcher's saved Optuna storage opens this run folder's study.db (tuning/study.py).
-        with restoring_study(run_dir / STUDY_FILE):
+        # Restoring, Tune warns that it found no metrics for each trial that never started: an
+        # interrupted run's normal state, not news (`--verbose` keeps the warning).
+        analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
+        with restoring_study(run_dir / STUDY_FILE), quieter(analysis_log, unless=verbose):
             tuner = tune.Tuner.restore(
                 tune_location(config.run.storage, run_dir),
                 trainable=trainable,
@@ -221,6 +225,18 @@ def run_tuner(
     )
     with phases.timed("trials"):
         return tuner.fit()
+
+
+@contextlib.contextmanager
+def quieter(logger: logging.Logger, unless: bool = False):
+    """`logger` shows errors only inside the block (as it was, if `unless`)."""
+    level = logger.level
+    if not unless:
+        logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
 
 
 def judge_best(
