@@ -184,7 +184,8 @@ def test_a_killed_run_resumes_without_rerunning_finished_trials(tmp_path):
 
 
 @pytest.mark.slow
-def test_ctrl_c_exports_what_ran_exits_130_and_resumes(tmp_path):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])  # Ctrl-C; a preemption
+def test_ctrl_c_or_sigterm_exports_what_ran_exits_130_and_resumes(tmp_path, signum):
     run = tmp_path / "c"
     proc = start_script(
         "tuning/run_grid.py",
@@ -197,9 +198,10 @@ def test_ctrl_c_exports_what_ran_exits_130_and_resumes(tmp_path):
         "c",
     )
     wait_for(lambda: len(finished_trials(run)) >= 1 and len(list(run.glob("ray/*/"))) >= 2)
-    os.kill(proc.pid, signal.SIGINT)
+    os.kill(proc.pid, signum)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-3000:]
+    assert "Traceback" not in out and "SIGTERM received" not in out, out[-3000:]
     trials = pq.read_table(run / "trials.parquet").to_pylist()
     statuses = {t["status"] for t in trials}
     assert "completed" in statuses and statuses <= {"completed", "interrupted"}, trials

@@ -1,5 +1,7 @@
 """report.py on small runs' tables: every figure a real PNG, a report.md that links them."""
 
+import warnings
+
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -68,6 +70,22 @@ def test_grid_report(tmp_path):
     assert_pngs(tmp_path / "g", ["learning_curves.png", "accuracy_vs_lr.png"])
     assert len(written) == 3
     assert "| t5 | completed | 0.01 |" in (tmp_path / "g" / "report.md").read_text()
+
+
+def test_an_interrupted_grid_plots_its_validation_accuracy(tmp_path):
+    from tuning.report import accuracy_vs_lr
+
+    # Every trial cut short: no test accuracy yet, so the figure shows validation accuracy
+    # (it once drew nothing, and matplotlib warned about an empty legend on the console).
+    rows = [(f"t{i}", lr, "adam", 2, 0.4 + 0.01 * i, None) for i, lr in enumerate([1e-3, 1e-4])]
+    fake_run(tmp_path / "i", {"grid": {"lr": [1e-3, 1e-4]}}, rows)
+    trials = pq.read_table(tmp_path / "i" / "trials.parquet").to_pylist()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        figure = accuracy_vs_lr(trials)
+    (axes,) = figure.axes
+    assert axes.get_ylabel() == "final val acc"
+    assert len(axes.collections[0].get_offsets()) == 2  # both trials drawn
 
 
 def test_search_report_has_optuna_figures(tmp_path):

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
+import signal
 import sys
 from datetime import datetime
 from functools import partial
@@ -186,7 +188,7 @@ def main(default_config: str, argv: list[str] | None = None) -> int:
         return refuse(err)
     # The entry script as it was started (python -m tuning.run_grid gives its path too).
     resume = folder.resume_command(sys.argv[0], args.address, dashboard=not args.no_dashboard)
-    with folder:  # the lock for the whole run; a start that fails removes what it made
+    with folder, sigterm_as_ctrl_c():  # the lock for the whole run; a failed start cleans up
         try:
             with phases.timed("data_load"):
                 location = locate_dataset(config.data)  # a wrong --data-dir fails here
@@ -207,6 +209,29 @@ def main(default_config: str, argv: list[str] | None = None) -> int:
             else:
                 print(f"\ninterrupted; continue with:\n  {resume}", file=sys.stderr)
             return 130
+
+
+def ctrl_c(signum: int, frame) -> None:
+    """Do what Ctrl-C does now: the handler Tune sets while trials train (stop them, keep the
+    state), else a KeyboardInterrupt."""
+    handler = signal.getsignal(signal.SIGINT)
+    if not callable(handler):
+        raise KeyboardInterrupt
+    handler(signal.SIGINT, frame)
+
+
+@contextlib.contextmanager
+def sigterm_as_ctrl_c():
+    """SIGTERM (a scheduler preempting the job, `kill`) ends the run as Ctrl-C does: its tables
+    written, the resume command printed. Ray's start sets a handler of its own, replaced again
+    in `run_experiment`."""
+    previous = signal.getsignal(signal.SIGTERM)
+    signal.signal(signal.SIGTERM, ctrl_c)
+    try:
+        yield
+    finally:
+        if previous is not None:  # None: set outside Python, nothing to put back
+            signal.signal(signal.SIGTERM, previous)
 
 
 def refuse(message: object) -> int:
@@ -260,6 +285,7 @@ def run_experiment(
                 ship=[model for model in config.models() if uses_import_path(model)],
                 quiet=not args.verbose,
             )
+        signal.signal(signal.SIGTERM, ctrl_c)  # Ray's start replaced it with an abrupt exit
         if address := args.address or os.environ.get("RAY_ADDRESS"):
             print(f"joined the Ray cluster at {address}: {describe_cluster()}")
         # Before any trial: on several nodes, a folder only this machine sees fails late.

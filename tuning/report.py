@@ -235,7 +235,8 @@ def learning_curves(epochs: list[dict], config: ExperimentConfig) -> plt.Figure:
 
 def accuracy_vs_lr(trials: list[dict]) -> plt.Figure:
     """Final accuracy against learning rate: each trial a point, mean ± std per rate."""
-    on_test = all(t["test_acc"] is not None for t in trials if t["status"] == "completed")
+    completed = [t for t in trials if t["status"] == "completed"]
+    on_test = bool(completed) and all(t["test_acc"] is not None for t in completed)
     key = "test_acc" if on_test else "final_val_acc"
     points = [(t["lr"], t[key]) for t in trials if t[key] is not None and math.isfinite(t[key])]
     fig, ax = plt.subplots(figsize=(6.5, 4.2), constrained_layout=True)
@@ -261,7 +262,8 @@ def accuracy_vs_lr(trials: list[dict]) -> plt.Figure:
     ax.set_xscale("log")
     ax.set(xlabel="learning rate", ylabel=key.replace("_", " "), title=f"{key} by learning rate")
     ax.grid(alpha=0.3, which="both")
-    ax.legend()
+    if points:
+        ax.legend()
     return fig
 
 
