@@ -1,7 +1,10 @@
 """The compact console and every run's Optuna study, fed the events Tune sends."""
 
+import contextlib
 import io
+import sqlite3
 import sys
+import threading
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -12,7 +15,7 @@ import pytest
 from tests.conftest import run_script, start_script
 from tuning.config import ExperimentConfig
 from tuning.progress import Progress
-from tuning.study import StudyRecorder, close_study, ended_state, study_url
+from tuning.study import StudyRecorder, close_study, ended_state, study_storage, study_url
 
 State = optuna.trial.TrialState
 
@@ -107,6 +110,30 @@ def test_a_resumed_run_counts_the_trials_that_ended_before_it(monkeypatch):
     left.status = "TERMINATED"
     progress.on_step_begin(iteration=1, trials=[earlier, failed, left])  # counted once only
     assert "3/3 trials done (2 before this resume)" in progress.state(final=True)
+
+
+def test_a_study_file_appears_with_its_whole_schema(tmp_path: Path):
+    # optuna-dashboard, or a test, may open study.db the moment it appears; had it been made in
+    # place, both would write Optuna's schema ("UNIQUE constraint failed: alembic_version").
+    path, first_look = tmp_path / "study.db", []
+
+    def look_as_soon_as_it_exists() -> None:
+        deadline = time.monotonic() + 60
+        while not path.exists() and time.monotonic() < deadline:
+            time.sleep(0.0001)
+        with contextlib.closing(sqlite3.connect(f"file:{path}?mode=ro", uri=True)) as db:
+            try:
+                first_look.append(db.execute("SELECT version_num FROM alembic_version").fetchall())
+            except sqlite3.Error as err:  # no such table yet, or locked while being made
+                first_look.append(str(err))
+
+    watcher = threading.Thread(target=look_as_soon_as_it_exists)
+    watcher.start()
+    optuna.create_study(storage=study_storage(path), study_name="s")
+    watcher.join()
+    assert len(first_look) == 1 and isinstance(first_look[0], list), first_look
+    assert len(first_look[0]) == 1  # Optuna's schema version, there from the first moment
+    assert [p.name for p in tmp_path.iterdir()] == ["study.db"]  # no temporary file left
 
 
 @pytest.mark.parametrize(

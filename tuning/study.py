@@ -15,6 +15,7 @@ storage pickles no path, and opens the study of the run being resumed (`study_fi
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -64,7 +65,22 @@ class RunStudyStorage(optuna.storages.RDBStorage):
 
 
 def study_storage(path: Path) -> RunStudyStorage:
-    return RunStudyStorage(f"sqlite:///{Path(path).resolve()}")
+    """The storage of the study file `path`, its schema made first if the file is new."""
+    return RunStudyStorage(f"sqlite:///{with_schema(path)}")
+
+
+def with_schema(path: Path) -> Path:
+    """`path` resolved; a new file gets Optuna's schema under a temporary name, then renamed.
+
+    A reader that opens the file the moment it appears (optuna-dashboard, a test) finds the
+    schema whole: two processes creating it at once collide ("UNIQUE constraint failed:
+    alembic_version"), and the run's own would be the one to fail."""
+    path = Path(path).resolve()
+    if not path.exists():
+        temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        optuna.storages.RDBStorage(f"sqlite:///{temporary}").engine.dispose()
+        os.replace(temporary, path)
+    return path
 
 
 def dashboard_command(run_dir: Path) -> str:
@@ -121,7 +137,7 @@ class StudyRecorder(tune.Callback):
         # Here, not in __init__: Tune pickles its callbacks with the run, and a study's
         # database connection does not pickle.
         self.study = optuna.create_study(
-            storage=study_url(self.run_dir),
+            storage=study_storage(self.run_dir / STUDY_FILE),
             study_name=self.run_dir.name,
             direction="maximize" if self.mode == "max" else "minimize",
             load_if_exists=True,  # a resumed run goes on in the same study

@@ -79,6 +79,7 @@ def seed_study(config: ExperimentConfig, study_path: Path) -> tuple[str, list[di
     from ray.tune.search.optuna import OptunaSearch
 
     from tuning.search import param_space
+    from tuning.study import study_storage
 
     # Ray's own translation: the names ("model_args/width") and distributions it will ask with.
     distributions = OptunaSearch.convert_search_space(param_space(config))
@@ -112,7 +113,7 @@ def seed_study(config: ExperimentConfig, study_path: Path) -> tuple[str, list[di
             )
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        storage=optuna.storages.RDBStorage(f"sqlite:///{study_path.resolve()}"),
+        storage=study_storage(study_path),
         study_name=study_path.parent.name,  # the study is named after its run
         direction="maximize" if config.mode == "max" else "minimize",
         load_if_exists=True,
