@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import json
 import os
 import subprocess
 import sys
@@ -25,6 +26,15 @@ def ray_session():
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False, log_to_driver=False)
     yield ray
     ray.shutdown()
+
+
+def finished_trials(tune_dir: Path, epochs: int = 5) -> list[Path]:
+    """Trial folders in the Tune folder `tune_dir` whose result.json reached epoch `epochs`."""
+    return [
+        log.parent
+        for log in tune_dir.glob("*/result.json")
+        if any(json.loads(line).get("epoch") == epochs for line in log.read_text().splitlines())
+    ]
 
 
 def local_trainable(data, log_dir: Path) -> type:

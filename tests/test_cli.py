@@ -14,7 +14,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import REPO, run_main, run_script, start_script
+from tests.conftest import REPO, finished_trials, run_main, run_script, start_script
 from tuning.export import EPOCH_FIELDS, TRIAL_FIELDS
 
 
@@ -124,15 +124,6 @@ def wait_for(condition, timeout: float = 240) -> None:
         time.sleep(0.5)
 
 
-def finished_trials(run: Path) -> list[Path]:
-    """Trial folders whose result.json holds the last epoch (5)."""
-    return [
-        log.parent
-        for log in run.glob("ray/*/result.json")
-        if any(json.loads(line).get("epoch") == 5 for line in log.read_text().splitlines())
-    ]
-
-
 # Three trials of 5 epochs, one at a time, slow enough (~1 s an epoch) to be killed mid-run.
 SLOW_GRID = [
     "--smoke",
@@ -154,11 +145,13 @@ def test_a_killed_run_resumes_without_rerunning_finished_trials(tmp_path):
     run = tmp_path / "r"
     proc = start_script("tuning/run_grid.py", *args, "--set", "trial.epochs=5")
     try:
-        wait_for(lambda: len(finished_trials(run)) >= 1 and len(list(run.glob("ray/*"))) >= 2)
+        wait_for(
+            lambda: len(finished_trials(run / "ray")) >= 1 and len(list(run.glob("ray/*"))) >= 2
+        )
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, no goodbye
         proc.wait()
-    done = {p.name: (p / "result.json").read_text() for p in finished_trials(run)}
+    done = {p.name: (p / "result.json").read_text() for p in finished_trials(run / "ray")}
 
     again = run_script("tuning/run_grid.py", "--results-dir", str(tmp_path), "--name", "r")
     assert again.returncode == 2 and "--resume" in again.stderr  # never overwrites a run
@@ -197,7 +190,7 @@ def test_ctrl_c_or_sigterm_exports_what_ran_exits_130_and_resumes(tmp_path, sign
         "--name",
         "c",
     )
-    wait_for(lambda: len(finished_trials(run)) >= 1 and len(list(run.glob("ray/*/"))) >= 2)
+    wait_for(lambda: len(finished_trials(run / "ray")) >= 1 and len(list(run.glob("ray/*/"))) >= 2)
     os.kill(proc.pid, signum)
     out, _ = proc.communicate(timeout=120)
     assert proc.returncode == 130, out[-3000:]

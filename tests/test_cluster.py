@@ -5,7 +5,6 @@ nor disturb the test session's Ray (or any other Ray on the machine); the tests 
 only through the entry scripts' `--address`, as a user would.
 """
 
-import json
 import os
 import secrets
 import shutil
@@ -21,7 +20,7 @@ import pytest
 import ray.util
 import yaml
 
-from tests.conftest import make_image_folder, run_script, start_script
+from tests.conftest import finished_trials, make_image_folder, run_script, start_script
 from tests.test_cli import SLOW_GRID, wait_for
 
 # Token authentication, with a token made for this cluster: nothing read from or left in ~/.ray.
@@ -148,15 +147,6 @@ def test_a_grid_spreads_over_both_nodes_and_matches_a_local_run(cluster, tmp_pat
         for name in ("c", "l")
     }
     assert len(rows["c"]) == 4 and rows["c"] == rows["l"]
-
-
-def finished_trials(tune_dir: Path) -> list[Path]:
-    """Trial folders whose result.json holds the last epoch (5)."""
-    return [
-        log.parent
-        for log in tune_dir.glob("*/result.json")
-        if any(json.loads(line).get("epoch") == 5 for line in log.read_text().splitlines())
-    ]
 
 
 @pytest.mark.slow

@@ -1,13 +1,12 @@
 """Finalists: the search's best configurations re-run over fresh seeds, through Ray, and resumed."""
 
-import json
 import os
 import signal
 
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO, run_script, start_script
+from tests.conftest import REPO, finished_trials, run_script, start_script
 from tests.test_cli import wait_for
 from trainable.data import load_dataset
 from tuning.config import ConfigError, ExperimentConfig, load_config
@@ -124,15 +123,6 @@ def test_a_grid_writes_groups_with_intervals(ray_session, tmp_path):
     assert "seeds each" in verdict_lines(groups, config, finalists=False)[1]
 
 
-def finished(folder) -> list:
-    """Trial folders in a Tune folder whose result.json reached the last (5th) epoch."""
-    return [
-        log.parent
-        for log in folder.glob("*/result.json")
-        if any(json.loads(line).get("epoch") == 5 for line in log.read_text().splitlines())
-    ]
-
-
 # A search of 2 tiny trials, then 1 finalist × 3 seeds, one trial at a time, slow enough
 # (~1 s an epoch) to be killed while the finalists train.
 SLOW_FINAL = [
@@ -162,14 +152,14 @@ def test_a_run_killed_while_finalising_resumes_the_finalists(tmp_path):
     proc = start_script("tuning/run_optuna.py", *SLOW_FINAL, "--results-dir", str(tmp_path),
                         "--name", "f")  # fmt: skip
     try:
-        wait_for(lambda: len(finished(run / FINAL_FOLDER)) >= 1, timeout=400)
+        wait_for(lambda: len(finished_trials(run / FINAL_FOLDER)) >= 1, timeout=400)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray, mid-finalisation
         proc.wait()
     search_logs = {
         p.name: (p / "result.json").read_text() for p in run.glob("ray/*/") if p.is_dir()
     }
-    done = {p.name: (p / "result.json").read_text() for p in finished(run / FINAL_FOLDER)}
+    done = {p.name: (p / "result.json").read_text() for p in finished_trials(run / FINAL_FOLDER)}
     assert not (run / "final.parquet").exists()
 
     resumed = run_script(

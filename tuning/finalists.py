@@ -119,7 +119,7 @@ def run_finalists(
     left in `<run>/ray-final` (finished re-runs are not trained again). Without `verbose`, the
     compact progress view instead of Tune's output."""
     from tuning.progress import Progress
-    from tuning.runner import checkpointing, make_trainable, trials_at_once
+    from tuning.runner import make_trainable, run_config, trials_at_once
 
     phases = Phases() if phases is None else phases
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -160,14 +160,7 @@ def run_finalists(
             reuse_actors=reuse_actors,
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
-        run_config=tune.RunConfig(
-            name=FINAL_FOLDER,
-            storage_path=storage_path,
-            checkpoint_config=checkpointing(config),
-            failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
-            callbacks=callbacks,
-            verbose=1 if verbose else 0,
-        ),
+        run_config=run_config(config, FINAL_FOLDER, storage_path, callbacks, verbose),
     )
     with phases.timed("finalists"):
         return tuner.fit()

@@ -214,17 +214,24 @@ def run_tuner(
             reuse_actors=reuse_actors,
             trial_dirname_creator=lambda trial: trial.trial_id,
         ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=storage_path,
-            checkpoint_config=checkpointing(config),
-            failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
-            callbacks=callbacks,
-            verbose=1 if verbose else 0,  # 0: the callbacks' compact view instead
-        ),
+        run_config=run_config(config, name, storage_path, callbacks, verbose),
     )
     with phases.timed("trials"):
         return tuner.fit()
+
+
+def run_config(
+    config: ExperimentConfig, name: str, storage_path: str, callbacks, verbose: bool
+) -> tune.RunConfig:
+    """Where a Tune run keeps its state, its checkpoints and retries, and its console."""
+    return tune.RunConfig(
+        name=name,
+        storage_path=storage_path,
+        checkpoint_config=checkpointing(config),
+        failure_config=tune.FailureConfig(max_failures=config.run.max_failures),
+        callbacks=callbacks,
+        verbose=1 if verbose else 0,  # 0: the callbacks' compact view instead
+    )
 
 
 @contextlib.contextmanager
