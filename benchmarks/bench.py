@@ -39,7 +39,7 @@ from tutorial_grid import as_torchvision_files
 
 from trainable.data import DataConfig, DataError, load_dataset
 from tuning.config import load_config
-from tuning.timing import covered_s
+from tuning.run.timing import covered_s
 
 REPO = Path(__file__).resolve().parent.parent
 GRID = load_config(REPO / "configs" / "grid.yaml")

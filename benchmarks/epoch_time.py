@@ -48,8 +48,8 @@ def optimizer_steps_s(
 def epoch_ours(data_dir: str, cache_dir: str | None, threads: int) -> dict:
     from trainable.data import DataConfig, load_dataset
     from trainable.loop import Training
-    from tuning.cli import REPO
     from tuning.config import load_config
+    from tuning.run.cli import REPO
 
     data = load_dataset(DataConfig(dir=data_dir, cache_dir=cache_dir))
     trial = load_config(REPO / "configs" / "grid.yaml").trial

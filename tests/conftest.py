@@ -89,7 +89,7 @@ def run_script(
 def run_main(script: str, *args: str, env: dict | None = None, timeout: float | None = None):
     """An entry script's `main` in this process, for input it refuses before Ray starts: its
     exit status and output as `run_script` gives them (an exception fails the test)."""
-    from tuning.cli import main
+    from tuning.run.cli import main
 
     default = {
         "tuning/run_grid.py": "configs/grid.yaml",

@@ -15,7 +15,7 @@ import pytest
 import yaml
 
 from tests.conftest import REPO, finished_trials, run_main, run_script, start_script
-from tuning.export import EPOCH_FIELDS, TRIAL_FIELDS
+from tuning.results.tables import EPOCH_FIELDS, TRIAL_FIELDS
 
 
 def smoke_run(script: str, tmp_path: Path) -> tuple[subprocess.CompletedProcess, Path]:
@@ -220,7 +220,7 @@ def test_ctrl_c_or_sigterm_exports_what_ran_exits_130_and_resumes(tmp_path, sign
 
 
 def test_an_exposed_dashboard_is_warned_about():
-    from tuning.cli import dashboard_warning, parse_args
+    from tuning.run.cli import dashboard_warning, parse_args
 
     assert dashboard_warning(parse_args([])) is None
     assert dashboard_warning(parse_args(["--dashboard-host", "0.0.0.0", "--no-dashboard"])) is None

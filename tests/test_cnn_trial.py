@@ -5,9 +5,9 @@ import pytest
 from tests.conftest import REPO
 from trainable.data import load_dataset
 from tuning.config import ExperimentConfig, load_config, smoke_overrides
-from tuning.export import build_tables
-from tuning.runner import judge_best, run_tuner
-from tuning.search import build_plan
+from tuning.results.tune_logs import build_tables
+from tuning.run.tuner import judge_best, run_tuner
+from tuning.search.plan import build_plan
 
 
 @pytest.mark.slow

@@ -14,8 +14,8 @@ import pytest
 
 from tests.conftest import run_script, start_script
 from tuning.config import ExperimentConfig
-from tuning.progress import Progress
-from tuning.study import StudyRecorder, close_study, ended_state, study_storage, study_url
+from tuning.run.progress import Progress
+from tuning.search.study import StudyRecorder, close_study, study_storage, study_url
 
 State = optuna.trial.TrialState
 
@@ -62,9 +62,10 @@ def test_plain_progress_says_how_each_trial_ended_and_the_best(monkeypatch):
     assert "\x1b[" not in out  # a pipe or a log file gets no cursor movements
     lines = out.splitlines()
     assert "completed  t0 lr=0.001  val_acc 0.4300 after 3/3 epochs" in out
-    assert "stopped early  t1 lr=0.01  val_acc 0.2000 after 1/3 epochs" in out
-    assert "failed  t2 lr=0.1  after 0 epochs: see /runs/x/ray/t2" in out
-    assert "3/3 trials done (1 stopped early, 1 failed)" in lines[-1]
+    # The tables' words for how each trial ended (tuning.results.outcome).
+    assert "early_stopped  t1 lr=0.01  val_acc 0.2000 after 1/3 epochs" in out
+    assert "error  t2 lr=0.1  after 0 epochs: see /runs/x/ray/t2" in out
+    assert "3/3 trials done (1 early_stopped, 1 error)" in lines[-1]
     assert "best val_acc 0.4300 (t0)" in lines[-1] and "left" not in lines[-1]
     # While trials ran: each plain state line had an estimate once an epoch was in.
     assert any("left" in line and line.startswith("[") for line in lines)
@@ -134,20 +135,6 @@ def test_a_study_file_appears_with_its_whole_schema(tmp_path: Path):
     assert len(first_look) == 1 and isinstance(first_look[0], list), first_look
     assert len(first_look[0]) == 1  # Optuna's schema version, there from the first moment
     assert [p.name for p in tmp_path.iterdir()] == ["study.db"]  # no temporary file left
-
-
-@pytest.mark.parametrize(
-    "result, error, state",
-    [
-        ({"epoch": 5}, False, State.COMPLETE),
-        ({"epoch": 2}, False, State.PRUNED),  # a scheduler stopped it
-        ({"epoch": 2, "diverged": True}, False, State.COMPLETE),  # it ended itself
-        ({"epoch": 2}, True, State.FAIL),
-        (None, False, State.PRUNED),
-    ],
-)
-def test_how_a_trial_ended(result, error, state):
-    assert ended_state(result, budget=5, error=error) == state
 
 
 def grid_config() -> ExperimentConfig:

@@ -7,8 +7,8 @@ from trainable import trainable as trainable_module
 from trainable.data import DataConfig, load_dataset
 from trainable.loop import Training
 from trainable.trainable import choose_device
-from tuning import runner
 from tuning.config import ExperimentConfig
+from tuning.run import tuner as runner
 
 
 @pytest.mark.parametrize(

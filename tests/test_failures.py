@@ -8,14 +8,15 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-import tuning.runner
+import tuning.run.tuner
 from tests.conftest import local_trainable
 from trainable.checkpoint import CHECKPOINT_FILE, load
 from trainable.data import load_dataset
 from trainable.trainable import CifarTrainable, SharedData
 from tuning.config import ExperimentConfig
-from tuning.export import build_tables, trial_epochs, write_run
-from tuning.search import build_plan
+from tuning.results.tables import write_run
+from tuning.results.tune_logs import build_tables, trial_epochs
+from tuning.search.plan import build_plan
 
 TINY = {
     "data": {"source": "synthetic", "train_subset": 600, "val_size": 200, "test_subset": 200},
@@ -41,10 +42,10 @@ def test_a_killed_trial_restarts_from_its_checkpoint(ray_session, tmp_path, monk
 
     ray.cloudpickle.register_pickle_by_value(__import__(__name__))  # workers cannot import tests
     monkeypatch.setattr(CrashOnce, "marker", str(tmp_path / "crashed"))
-    monkeypatch.setattr(tuning.runner, "CifarTrainable", CrashOnce)
+    monkeypatch.setattr(tuning.run.tuner, "CifarTrainable", CrashOnce)
     config = ExperimentConfig.model_validate(TINY)
     data = load_dataset(config.data)
-    results = tuning.runner.run_tuner(config, data, tmp_path, build_plan(config, tmp_path))
+    results = tuning.run.tuner.run_tuner(config, data, tmp_path, build_plan(config, tmp_path))
     assert (tmp_path / "crashed").exists()
     assert not results.errors
     epochs, trials = build_tables(results, config)
@@ -91,7 +92,7 @@ def test_divergence_is_a_status_not_a_crash(ray_session, tmp_path):
         }
     )
     data = load_dataset(config.data)
-    results = tuning.runner.run_tuner(config, data, tmp_path, build_plan(config, tmp_path))
+    results = tuning.run.tuner.run_tuner(config, data, tmp_path, build_plan(config, tmp_path))
     assert not results.errors
     _, trials = build_tables(results, config)
     by_lr = {row["lr"]: row for row in trials.to_pylist()}

@@ -10,11 +10,11 @@ from tests.conftest import REPO, finished_trials, run_script, start_script
 from tests.test_cli import wait_for
 from trainable.data import load_dataset
 from tuning.config import ConfigError, ExperimentConfig, load_config
-from tuning.export import build_tables
-from tuning.finalists import FINAL_FOLDER, final_table, finalise, select_finalists
-from tuning.groups import final_groups, grid_groups, verdict_lines
-from tuning.runner import run_tuner, share_data
-from tuning.search import build_plan
+from tuning.results.groups import final_groups, grid_groups, verdict_lines
+from tuning.results.tune_logs import build_tables, final_table
+from tuning.run.finalists import FINAL_FOLDER, finalise, select_finalists
+from tuning.run.tuner import run_tuner, share_data
+from tuning.search.plan import build_plan
 
 TINY_DATA = {"source": "synthetic", "train_subset": 600, "val_size": 200, "test_subset": 200}
 

@@ -5,7 +5,6 @@ import os
 import pickle
 import shutil
 import signal
-import sys
 import textwrap
 from pathlib import Path
 
@@ -26,10 +25,12 @@ from tests.conftest import (
 from tests.test_cli import wait_for
 from trainable.checkpoint import CHECKPOINT_FILE, ForeignCheckpointFile, check_checkpoint_folder
 from trainable.data import DataConfig, DataError, load_dataset, locate_dataset
+from trainable.files import atomic_write
 from trainable.trainable import SharedData
 from tuning.config import ConfigError, ExperimentConfig
-from tuning.export import atomic_write, trial_epochs, write_run
-from tuning.run_folder import RunFolder, check_name
+from tuning.results.tables import write_run
+from tuning.results.tune_logs import trial_epochs
+from tuning.run.folder import RunFolder, check_name
 
 CLASSES = ["ant", "bee", "cat"]
 TINY = {
@@ -56,7 +57,7 @@ def tables(run: Path) -> tuple[list[dict], list[dict]]:
 
 
 def patched_driver(tmp_path: Path, patch: str) -> Path:
-    """An entry script that runs `tuning.cli.main` after `patch` (Python) has run."""
+    """An entry script that runs `tuning.run.cli.main` after `patch` (Python) has run."""
     script = tmp_path / "driver.py"
     script.write_text(
         f"import sys\nsys.path.insert(0, {str(REPO)!r})\n"
@@ -69,7 +70,7 @@ def patched_driver(tmp_path: Path, patch: str) -> Path:
 # 0. A killed run resumes to its tables.
 
 
-def test_progress_csv_rows_of_every_shape_are_read(tmp_path, capsys):
+def test_progress_csv_rows_of_every_shape_are_read(tmp_path, caplog):
     # The header of the first session; after a restore, Tune appends rows under the keys of
     # its first new report, without a header: here the re-reported last epoch with test_acc
     # and test_loss (two more fields), in another order. A row cut off while written ends it.
@@ -88,13 +89,13 @@ def test_progress_csv_rows_of_every_shape_are_read(tmp_path, capsys):
     rows = trial_epochs(tmp_path)
     assert [(r["epoch"], r["val_acc"]) for r in rows] == [(1, 0.5), (2, 0.6), (3, 0.71)]
     assert rows[2]["test_acc"] == 0.42
-    assert "skipped unreadable line 3" in capsys.readouterr().err
+    assert "skipped unreadable line 3" in caplog.text
     # Without result.json's rows, the restored row is read under its own report's keys.
     (tmp_path / "result.json").write_text(
         '{"epoch": 3, "test_acc": 0.42, "val_acc": 0.71, "trial_id": "a_1", "done": true, '
         '"test_loss": 1.5}\n'
     )
-    from tuning.export import _progress_csv
+    from tuning.results.tune_logs import _progress_csv
 
     layout = [["epoch", "test_acc", "val_acc", "trial_id", "done", "test_loss"]]
     csv_rows = _progress_csv((tmp_path / "progress.csv").read_text(), layout)
@@ -105,7 +106,7 @@ def test_progress_csv_rows_of_every_shape_are_read(tmp_path, capsys):
 KILL_AT_TRIAL_END = """
 import os, signal
 from ray import tune
-import tuning.runner
+import tuning.run.tuner
 
 class KillAtTrialEnd(tune.Callback):
     # The first trial has reported its last epoch and Tune holds its final checkpoint, but
@@ -113,8 +114,8 @@ class KillAtTrialEnd(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info):
         os.killpg(os.getpgid(0), signal.SIGKILL)
 
-run_tuner = tuning.runner.run_tuner
-tuning.runner.run_tuner = lambda *a, callbacks=(), **k: run_tuner(
+run_tuner = tuning.run.tuner.run_tuner
+tuning.run.tuner.run_tuner = lambda *a, callbacks=(), **k: run_tuner(
     *a, callbacks=[*callbacks, KillAtTrialEnd()], **k
 )
 """
@@ -155,20 +156,8 @@ def test_a_driver_killed_between_a_final_checkpoint_and_the_trial_end_resumes(tm
 # 1. Ctrl-C tells the truth: in tests/test_cli.py (test_ctrl_c_...).
 
 
-def test_trial_status_interrupted_only_for_unfinished_trials_of_an_interrupted_run():
-    from tuning.export import trial_status
-
-    class Result:
-        error = None
-
-    two = [{"epoch": 1}, {"epoch": 2}]
-    assert trial_status(Result(), two, 3, interrupted=True) == "interrupted"
-    assert trial_status(Result(), two, 3) == "early_stopped"
-    assert trial_status(Result(), [*two, {"epoch": 3}], 3, interrupted=True) == "completed"
-
-
 def test_a_trial_that_never_started_is_exported_as_interrupted(tmp_path):
-    from tuning.export import build_tables
+    from tuning.results.tune_logs import build_tables
 
     class Result:  # what Tune's ResultGrid holds for a trial still pending: no config
         error, config, filesystem, path = None, None, None, str(tmp_path / "t_1")
@@ -187,7 +176,7 @@ def test_a_trial_that_never_started_is_exported_as_interrupted(tmp_path):
 INTERRUPT_AT_FIRST_RESULT = """
 import os, signal
 from ray import tune
-import tuning.runner
+import tuning.run.tuner
 
 class InterruptAtFirstResult(tune.Callback):
     # Ctrl-C while two trials run and the third waits, created but never started.
@@ -198,8 +187,8 @@ class InterruptAtFirstResult(tune.Callback):
             InterruptAtFirstResult.sent = True
             os.kill(os.getpid(), signal.SIGINT)
 
-run_tuner = tuning.runner.run_tuner
-tuning.runner.run_tuner = lambda *a, callbacks=(), **k: run_tuner(
+run_tuner = tuning.run.tuner.run_tuner
+tuning.run.tuner.run_tuner = lambda *a, callbacks=(), **k: run_tuner(
     *a, callbacks=[*callbacks, InterruptAtFirstResult()], **k
 )
 """
@@ -226,12 +215,12 @@ def test_a_run_interrupted_before_a_trial_started_resumes_quietly(tmp_path):
 # 2. No tables lost to a late failure.
 
 JUDGE_FAILS = """
-import tuning.runner
+import tuning.run.tuner
 
 def judge_best(*args):
     raise OSError("checkpoint storage unreachable")
 
-tuning.runner.judge_best = judge_best
+tuning.run.tuner.judge_best = judge_best
 """
 
 
@@ -251,7 +240,7 @@ def test_a_failed_judgement_keeps_the_tables_and_exits_1(tmp_path):
 
 
 def test_a_report_without_epochs_says_so(tmp_path):
-    from tuning.report import write_report
+    from tuning.results.report import write_report
 
     config = ExperimentConfig.model_validate(TINY)
     trials = pa.Table.from_pylist(
@@ -355,7 +344,7 @@ def test_a_storage_uri_with_credentials_is_refused_unechoed(tmp_path, args):
 
 
 def test_ray_token_is_never_printed(monkeypatch, capsys):
-    from tuning.cli import refuse
+    from tuning.run.cli import refuse
 
     monkeypatch.setenv("RAY_AUTH_TOKEN", SECRET)
     refuse(f"cannot join the Ray cluster at 10.0.0.1:6379: token {SECRET} was refused")
@@ -364,7 +353,7 @@ def test_ray_token_is_never_printed(monkeypatch, capsys):
 
 
 def test_a_local_ray_without_token_authentication_is_warned_about(monkeypatch):
-    from tuning.cli import auth_warning, parse_args
+    from tuning.run.cli import auth_warning, parse_args
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     monkeypatch.delenv("RAY_AUTH_MODE", raising=False)
@@ -510,12 +499,12 @@ def test_every_accepted_suffix_decodes(tmp_path, ext):
 
 
 RAY_WONT_START = """
-import tuning.cluster
+import tuning.run.cluster
 
 def start_ray(*args, **kwargs):
     raise RuntimeError("Ray could not start: no space left for its session folder")
 
-tuning.cluster.start_ray = start_ray
+tuning.run.cluster.start_ray = start_ray
 """
 
 
@@ -558,7 +547,7 @@ def test_a_full_disk_during_the_cache_write_leaves_no_partial_files(tmp_path, mo
     assert list(cache.iterdir()) == []
 
 
-def test_a_damaged_cache_is_decoded_again(tmp_path, capsys):
+def test_a_damaged_cache_is_decoded_again(tmp_path, caplog):
     root = make_image_folder(tmp_path / "imgs", CLASSES, per_class=3)
     spec = DataConfig(dir=str(root), cache_dir=str(tmp_path / "cache"), val_size=3)
     first = load_dataset(spec)
@@ -566,14 +555,16 @@ def test_a_damaged_cache_is_decoded_again(tmp_path, capsys):
     (cached / "train_x.npy").write_bytes(b"\x93NUMPY")  # cut short, as by a power cut
     again = load_dataset(spec)
     assert np.array_equal(again.train_x, first.train_x)
-    assert "unreadable" in capsys.readouterr().out
+    assert "unreadable" in caplog.text
 
 
 def test_a_moved_run_folder_resumes_against_its_own_study(tmp_path):
-    from ray.tune.search.optuna import OptunaSearch
+    import optuna
 
-    from tuning.runner import restoring_study
-    from tuning.search import STUDY_FILE, build_plan
+    from tuning.run.tuner import restoring_study
+    from tuning.search.plan import build_plan
+    from tuning.search.searcher import StudySearcher
+    from tuning.search.study import STUDY_FILE, study_url
 
     config = ExperimentConfig.model_validate(
         {**TINY, "search": {"kind": "optuna", "space": {"lr": {"loguniform": [1e-4, 1e-1]}}}}
@@ -588,18 +579,20 @@ def test_a_moved_run_folder_resumes_against_its_own_study(tmp_path):
     after.parent.mkdir()
     shutil.move(before, after)
 
-    restored = OptunaSearch()
+    restored = StudySearcher.__new__(StudySearcher)  # as Tune unpickles it, then restores
     with restoring_study(after / STUDY_FILE):
         restored.restore(str(after / "searcher-state.pkl"))
-    assert len(restored._ot_study.trials) == 1
-    assert str(after) in restored._storage.url and not before.exists()
+    restored.suggest("t2")
+    study = optuna.load_study(study_name="o", storage=study_url(after))
+    assert [t.user_attrs["tune_trial_id"] for t in study.trials] == ["t1", "t2"]
+    assert not before.exists()
 
 
-def test_a_partial_result_json_line_does_not_stop_the_export(tmp_path, capsys):
+def test_a_partial_result_json_line_does_not_stop_the_export(tmp_path, caplog):
     (tmp_path / "result.json").write_text('{"epoch": 1, "val_acc": 0.5}\n{"epoch": 2, "val_a')
     rows = trial_epochs(tmp_path)
     assert [r["epoch"] for r in rows] == [1]
-    assert "skipped unreadable line 2" in capsys.readouterr().err
+    assert "skipped unreadable line 2" in caplog.text
 
 
 # The whole lifecycle from the command line.
@@ -628,10 +621,3 @@ def test_a_second_resume_while_the_first_runs_is_refused(tmp_path):
     assert first.returncode == 0
     _, trials = tables(tmp_path / "l")
     assert [t["status"] for t in trials] == ["completed"] * 3
-
-
-def test_no_module_of_tuning_shadows_the_standard_library():
-    # The entry scripts run with tuning/ first on sys.path: a tuning/secrets.py, say, would
-    # replace the standard library's `secrets` for Ray and Optuna.
-    names = {p.stem for p in (REPO / "tuning").glob("*.py")}
-    assert not names & set(sys.stdlib_module_names)

@@ -18,7 +18,8 @@ from trainable.loop import Training
 from trainable.settings import TrialConfig
 from trainable.steps import AutogradStep
 from tuning.config import ConfigError, check_own_models, load_config
-from tuning.search import build_plan, param_space
+from tuning.config.space import param_space
+from tuning.search.plan import build_plan
 
 MODULE = """
 from torch import nn
@@ -126,7 +127,7 @@ def test_model_args_are_searched_and_set_with_dotted_keys(own_module):
     assert space["model_args"]["width"].categories == [2, 8]
     plan = build_plan(config, own_module)
     # The first point: the trial section's own width, moved into the space.
-    assert plan.search_alg._points_to_evaluate == [{"model_args/width": 2, "lr": 0.001}]
+    assert plan.search_alg.suggest("t1") == {"model_args": {"width": 2}, "lr": 0.001}
     assert [t.model_args for t in config.own_models()] == [{"width": 3}, {"width": 2}, {"width": 8}]
 
 

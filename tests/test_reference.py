@@ -3,13 +3,13 @@
 import re
 
 from tests.conftest import REPO
-from tuning.reference import comments, reference
+from tuning.config.reference import comments, reference
 
 
 def test_the_committed_reference_is_up_to_date():
     committed = (REPO / "docs" / "configuration.md").read_text()
     assert committed == reference(), (
-        "docs/configuration.md is out of date: run python -m tuning.reference > "
+        "docs/configuration.md is out of date: run python -m tuning.config.reference > "
         "docs/configuration.md"
     )
 

@@ -7,9 +7,10 @@ import pyarrow.parquet as pq
 import pytest
 
 from tuning.config import ExperimentConfig
-from tuning.export import write_run
-from tuning.groups import grid_groups, groups_table
-from tuning.report import main, write_report
+from tuning.report import main
+from tuning.results.groups import grid_groups, groups_table
+from tuning.results.report import write_report
+from tuning.results.tables import write_run
 
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
 
@@ -73,7 +74,7 @@ def test_grid_report(tmp_path):
 
 
 def test_an_interrupted_grid_plots_its_validation_accuracy(tmp_path):
-    from tuning.report import accuracy_vs_lr
+    from tuning.results.report import accuracy_vs_lr
 
     # Every trial cut short: no test accuracy yet, so the figure shows validation accuracy
     # (it once drew nothing, and matplotlib warned about an empty legend on the console).

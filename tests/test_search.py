@@ -6,9 +6,11 @@ from ray import tune
 
 from trainable.data import load_dataset
 from tuning.config import Distribution, ExperimentConfig
-from tuning.export import build_tables
-from tuning.runner import judge_best, run_tuner, trials_at_once
-from tuning.search import STUDY_FILE, build_plan, to_tune
+from tuning.config.space import to_tune
+from tuning.results.tune_logs import build_tables
+from tuning.run.tuner import judge_best, run_tuner, trials_at_once
+from tuning.search.plan import build_plan
+from tuning.search.study import STUDY_FILE
 
 TINY_DATA = {"source": "synthetic", "train_subset": 600, "val_size": 200, "test_subset": 200}
 

@@ -5,7 +5,7 @@ import math
 import pytest
 from scipy import stats as scipy_stats
 
-from tuning.stats import group_rows, p_text, summarize, verdict, welch_p
+from tuning.results.stats import group_rows, p_text, summarize, verdict, welch_p
 
 A = [0.50, 0.52, 0.54]  # mean 0.52, s = 0.02
 B = [0.40, 0.41, 0.42]  # mean 0.41, s = 0.01

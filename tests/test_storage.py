@@ -4,13 +4,13 @@ from pathlib import Path
 
 import pytest
 
-import tuning.cluster
+import tuning.run.cluster
 from trainable.data import load_dataset
 from tuning.config import ConfigError, ExperimentConfig
-from tuning.export import build_tables
-from tuning.runner import run_tuner
-from tuning.search import build_plan
-from tuning.storage import can_resume, join, prepare_storage, tune_location
+from tuning.results.tune_logs import build_tables
+from tuning.run.storage import can_resume, join, prepare_storage, tune_location
+from tuning.run.tuner import run_tuner
+from tuning.search.plan import build_plan
 
 
 def test_tune_folder_is_the_run_folder_or_under_the_storage(tmp_path):
@@ -60,10 +60,10 @@ def test_a_run_keeps_tune_state_under_a_storage_uri(ray_session, tmp_path):
 
 
 def test_the_probe_tells_a_folder_a_node_sees_from_one_it_does_not(ray_session, tmp_path):
-    nodes = tuning.cluster.trial_nodes()
+    nodes = tuning.run.cluster.trial_nodes()
     node_id = ray_session.get_runtime_context().get_node_id()
-    assert tuning.cluster.probe_nodes(nodes, str(tmp_path)) == {node_id: True}
-    assert tuning.cluster.probe_nodes(nodes, str(tmp_path / "nope")) == {node_id: False}
+    assert tuning.run.cluster.probe_nodes(nodes, str(tmp_path)) == {node_id: True}
+    assert tuning.run.cluster.probe_nodes(nodes, str(tmp_path / "nope")) == {node_id: False}
 
 
 def fake_node(node_id: str, host: str) -> dict:
@@ -78,7 +78,7 @@ def fake_node(node_id: str, host: str) -> dict:
 
 def test_node_local_storage_on_several_nodes_is_refused_with_the_fix(tmp_path, monkeypatch):
     nodes = [fake_node("a" * 56, "head-host"), fake_node("b" * 56, "worker-host")]
-    monkeypatch.setattr(tuning.cluster, "trial_nodes", lambda: nodes)
+    monkeypatch.setattr(tuning.run.cluster, "trial_nodes", lambda: nodes)
     probed = []
 
     def probe(nodes, marker):
@@ -86,21 +86,21 @@ def test_node_local_storage_on_several_nodes_is_refused_with_the_fix(tmp_path, m
         assert Path(marker).exists()  # the driver wrote it before asking
         return {"a" * 56: True, "b" * 56: False}
 
-    monkeypatch.setattr(tuning.cluster, "probe_nodes", probe)
+    monkeypatch.setattr(tuning.run.cluster, "probe_nodes", probe)
     with pytest.raises(ConfigError) as err:
-        tuning.cluster.check_run_storage(None, tmp_path / "run")
+        tuning.run.cluster.check_run_storage(None, tmp_path / "run")
     message = str(err.value)
     assert "worker-host (10.0.0.2, bbbbbbbb)" in message and "head-host" not in message
     assert str(tmp_path / "run") in message and "--storage" in message and "s3://" in message
     assert probed and not Path(probed[0]).exists()  # the marker is cleaned up
-    assert tuning.cluster.check_run_storage("s3://bucket/runs", tmp_path / "run") == []
+    assert tuning.run.cluster.check_run_storage("s3://bucket/runs", tmp_path / "run") == []
 
 
 def test_a_node_that_does_not_answer_is_a_warning(tmp_path, monkeypatch):
     nodes = [fake_node("a" * 56, "head-host"), fake_node("b" * 56, "worker-host")]
-    monkeypatch.setattr(tuning.cluster, "trial_nodes", lambda: nodes)
+    monkeypatch.setattr(tuning.run.cluster, "trial_nodes", lambda: nodes)
     monkeypatch.setattr(
-        tuning.cluster, "probe_nodes", lambda nodes, marker: {"a" * 56: True, "b" * 56: None}
+        tuning.run.cluster, "probe_nodes", lambda nodes, marker: {"a" * 56: True, "b" * 56: None}
     )
-    (warning,) = tuning.cluster.check_run_storage(str(tmp_path), tmp_path / "run")
+    (warning,) = tuning.run.cluster.check_run_storage(str(tmp_path), tmp_path / "run")
     assert "worker-host" in warning and "did not answer" in warning

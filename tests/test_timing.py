@@ -4,8 +4,8 @@ from types import SimpleNamespace
 
 import pytest
 
-from tuning import timing
-from tuning.timing import Phases, TrainingSpans, covered_s
+from tuning.run import timing
+from tuning.run.timing import Phases, TrainingSpans, covered_s
 
 
 def test_phases_add_up_repeats_and_keep_the_time_of_a_failed_phase(monkeypatch):

@@ -14,9 +14,11 @@ from tests.conftest import local_trainable
 from trainable.data import load_dataset
 from trainable.trainable import SharedData
 from tuning.config import ExperimentConfig
-from tuning.export import EPOCH_FIELDS, TRIAL_FIELDS, build_tables
-from tuning.runner import run_tuner, share_data
-from tuning.search import build_plan, param_space
+from tuning.config.space import param_space
+from tuning.results.tables import EPOCH_FIELDS, TRIAL_FIELDS
+from tuning.results.tune_logs import build_tables
+from tuning.run.tuner import run_tuner, share_data
+from tuning.search.plan import build_plan
 
 
 @pytest.fixture(scope="module")

@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import logging
 import os
 import shutil
 import time
@@ -23,7 +24,10 @@ from typing import TYPE_CHECKING, Literal
 import numpy as np
 from pydantic import Field
 
+from trainable.files import fsync
 from trainable.settings import Strict
+
+logger = logging.getLogger(__name__)
 
 if TYPE_CHECKING:
     import torch  # imported where images are decoded: a driver may not need torch yet
@@ -208,11 +212,11 @@ def _load_arrays(location: DataLocation) -> tuple[dict[str, np.ndarray], list[st
             return arrays, meta["classes"], meta["fingerprint"]
         except (OSError, ValueError, KeyError, EOFError) as err:
             # Damaged (a crash before the disk had it, a truncated copy): decode again.
-            print(f"warning: the data cache {cache} is unreadable ({err}); decoding again")
+            logger.warning("the data cache %s is unreadable (%s); decoding again", cache, err)
             shutil.rmtree(cache, ignore_errors=True)
     # The first read of a dataset takes a while (10 s for CIFAR-10's JPEGs on 2 cores): say so.
     count = f"{len(location.files)} images" if location.source == "imagefolder" else "CIFAR-10"
-    print(f"decoding {count} in {root} once; later runs read {cache}", flush=True)
+    logger.info("decoding %s in %s once; later runs read %s", count, root, cache)
     started = time.perf_counter()
     if location.source == "torchvision":
         arrays, classes = _decode_torchvision(root)
@@ -221,7 +225,7 @@ def _load_arrays(location: DataLocation) -> tuple[dict[str, np.ndarray], list[st
     fingerprint = _fingerprint(arrays)
     arrays["train_moments"] = pixel_moments(arrays["train_x"])
     _write_cache(cache, arrays, {"classes": classes, "fingerprint": fingerprint, "dir": str(root)})
-    print(f"decoded and cached in {time.perf_counter() - started:.1f} s", flush=True)
+    logger.info("decoded and cached in %.1f s", time.perf_counter() - started)
     return arrays, classes, fingerprint
 
 
@@ -444,11 +448,7 @@ def _write_cache(cache: Path, arrays: dict[str, np.ndarray], meta: dict) -> None
             np.save(partial / f"{name}.npy", array)
         (partial / "meta.json").write_text(json.dumps(meta))
         for file in partial.iterdir():  # on disk before the rename makes them the cache
-            fd = os.open(file, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+            fsync(file)
         try:
             partial.rename(cache)
         except OSError:  # another process cached the same data first: keep theirs
@@ -457,4 +457,6 @@ def _write_cache(cache: Path, arrays: dict[str, np.ndarray], meta: dict) -> None
         # A full disk or an unwritable cache only costs the next run a decode: leave no
         # partial files behind, say so and go on.
         shutil.rmtree(partial, ignore_errors=True)
-        print(f"warning: cannot cache decoded data in {cache.parent} ({err}); set data.cache_dir")
+        logger.warning(
+            "cannot cache decoded data in %s (%s); set data.cache_dir", cache.parent, err
+        )

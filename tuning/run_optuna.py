@@ -7,8 +7,14 @@ optuna-dashboard sqlite:///results/<name>/study.db      # the study, live or aft
 """
 
 import sys
+from pathlib import Path
 
-from tuning.cli import main
+# Run as a script, Python puts tuning/ first on sys.path: the repository root instead, so a
+# user's module never meets a module of the project's packages under its own name.
+if Path(sys.path[0]).resolve() == Path(__file__).resolve().parent:
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
+
+from tuning.run.cli import main  # noqa: E402
 
 if __name__ == "__main__":
     sys.exit(main("configs/optuna.yaml"))

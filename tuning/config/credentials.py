@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from urllib.parse import parse_qsl, urlsplit
 
-from tuning.config import ConfigError
+from tuning.config.errors import ConfigError
 
 # Query parameters by which pyarrow's S3, GCS and Azure filesystems take secrets.
 SECRET_PARAMETERS = {

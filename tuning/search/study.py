@@ -20,16 +20,22 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from pathlib import Path
-from typing import Any
 
 import optuna
 from ray import tune
-from ray.tune.search.optuna import OptunaSearch
 
-from tuning.config import Distribution, ExperimentConfig
+from tuning.config import ExperimentConfig
+from tuning.config.keys import (
+    EPOCH,
+    PARAM_SEPARATOR,
+    TRAINING_ITERATION,
+    TUNE_TRIAL_MARK,
+    get_dotted,
+)
+from tuning.config.space import optuna_space
+from tuning.results.outcome import epoch_budget, trial_outcome
 
 STUDY_FILE = "study.db"
-PARAM_SEPARATOR = "/"  # Tune's OptunaSearch names a nested setting by its path joined with "/"
 
 
 def study_url(run_dir: Path) -> str:
@@ -54,14 +60,16 @@ class RunStudyStorage(optuna.storages.RDBStorage):
     """SQLite storage of one run's study that pickles no path: unpickled inside
     `study_file(...)`, it opens the study.db of the run folder being resumed."""
 
-    def __getstate__(self) -> dict:
-        return {**super().__getstate__(), "url": None}
+    def __reduce__(self) -> tuple:
+        return (_reopen_storage, ())
 
-    def __setstate__(self, state: dict) -> None:
-        path = _STUDY_FILE.get()
-        if path is None:
-            raise RuntimeError("a run's study storage was unpickled outside study_file()")
-        super().__setstate__({**state, "url": f"sqlite:///{path}"})
+
+def _reopen_storage() -> RunStudyStorage:
+    """The storage of the run being resumed (`study_file`), through Optuna's constructor."""
+    path = _STUDY_FILE.get()
+    if path is None:
+        raise RuntimeError("a run's study storage was unpickled outside study_file()")
+    return RunStudyStorage(f"sqlite:///{path}")
 
 
 def study_storage(path: Path) -> RunStudyStorage:
@@ -87,50 +95,12 @@ def dashboard_command(run_dir: Path) -> str:
     return f"optuna-dashboard {study_url(run_dir)}"
 
 
-def ended_state(result: dict | None, budget: int, error: bool) -> optuna.trial.TrialState:
-    """How a trial ended, from its last result."""
-    if error:
-        return optuna.trial.TrialState.FAIL
-    result = result or {}
-    if result.get("diverged") or result.get("epoch", 0) >= budget:
-        return optuna.trial.TrialState.COMPLETE
-    return optuna.trial.TrialState.PRUNED
-
-
-def to_optuna(dist: Distribution) -> optuna.distributions.BaseDistribution:
-    """A search dimension as Optuna's distribution (what the dashboard plots against)."""
-    low, high = dist.args[:2] if dist.kind != "choice" else (None, None)
-    if dist.kind == "loguniform":
-        return optuna.distributions.FloatDistribution(low, high, log=True)
-    if dist.kind in ("uniform", "quniform"):
-        return optuna.distributions.FloatDistribution(low, high)
-    if dist.kind == "randint":
-        return optuna.distributions.IntDistribution(low, high)
-    return optuna.distributions.CategoricalDistribution(dist.args)
-
-
-def searched_distributions(config: ExperimentConfig) -> dict[str, Any]:
-    """The run's searched settings, as Optuna names and distributions."""
-    found = {
-        key: optuna.distributions.CategoricalDistribution(values)
-        for key, values in config.search.grid.items()
-    }
-    found.update({key: to_optuna(dist) for key, dist in config.search.space.items()})
-    return {key.replace(".", PARAM_SEPARATOR): dist for key, dist in found.items()}
-
-
-def _setting(config: dict, name: str) -> Any:
-    for part in name.split(PARAM_SEPARATOR):
-        config = config[part]
-    return config
-
-
 class StudyRecorder(tune.Callback):
     """Records each trial of a run without Optuna's searcher (a grid, a random search)."""
 
     def __init__(self, config: ExperimentConfig, run_dir: Path) -> None:
         self.metric, self.mode, self.epochs = config.metric, config.mode, config.trial.epochs
-        self.distributions = searched_distributions(config)
+        self.distributions = optuna_space(config)
         self.run_dir = run_dir
 
     def setup(self, **info) -> None:
@@ -146,8 +116,11 @@ class StudyRecorder(tune.Callback):
 
     def _trial(self, trial) -> optuna.Trial:
         if (recorded := self.trials.get(trial.trial_id)) is None:
-            params = {name: _setting(trial.config, name) for name in self.distributions}
-            self.study.enqueue_trial(params, user_attrs={"tune_trial_id": trial.trial_id})
+            params = {
+                name: get_dotted(trial.config, name, sep=PARAM_SEPARATOR)
+                for name in self.distributions
+            }
+            self.study.enqueue_trial(params, user_attrs={TUNE_TRIAL_MARK: trial.trial_id})
             recorded = self.trials[trial.trial_id] = self.study.ask(self.distributions)
         return recorded
 
@@ -156,7 +129,7 @@ class StudyRecorder(tune.Callback):
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         if (value := result.get(self.metric)) is not None:
-            self._trial(trial).report(value, result["training_iteration"])
+            self._trial(trial).report(value, result[TRAINING_ITERATION])
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._end(trial, error=False)
@@ -167,47 +140,16 @@ class StudyRecorder(tune.Callback):
     def _end(self, trial, error: bool) -> None:
         recorded = self._trial(trial)
         last = trial.last_result or {}
-        state = ended_state(last, trial.config.get("epochs", self.epochs), error)
+        outcome = trial_outcome(
+            error=error,
+            diverged=bool(last.get("diverged")),
+            epochs=last.get(EPOCH, 0),
+            budget=epoch_budget(trial.config, self.epochs),
+        )
+        state = optuna.trial.TrialState[outcome.study_state]
         value = last.get(self.metric) if state == optuna.trial.TrialState.COMPLETE else None
         self.study.tell(recorded, value, state=state)
         del self.trials[trial.trial_id]
-
-
-class RecordingOptunaSearch(OptunaSearch):
-    """Tune's OptunaSearch, telling a trial a scheduler stopped as PRUNED (Tune's own tells it
-    COMPLETE with its last value, level with trials that trained their whole budget), and
-    going on in a new study trial where a resumed run continues one the interruption ended."""
-
-    def __init__(self, *args, epochs: int, **kwargs) -> None:
-        super().__init__(*args, **kwargs)
-        self.epochs = epochs
-
-    def on_trial_result(self, trial_id: str, result: dict) -> None:
-        ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is not None and self._finished(ot_trial):
-            self._ot_study.enqueue_trial(ot_trial.params, user_attrs={"resumes": ot_trial.number})
-            self._ot_trials[trial_id] = self._ot_study.ask(self._space)
-        super().on_trial_result(trial_id, result)
-
-    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False):
-        ot_trial = self._ot_trials[trial_id]
-        result = result or {}
-        # Tune hands the last epoch's result to this call alone: keep it with the others.
-        step, value = result.get("training_iteration"), result.get(self.metric)
-        if value is not None and step not in self._frozen(ot_trial).intermediate_values:
-            ot_trial.report(value, step)
-        budget = result.get("config", {}).get("epochs", self.epochs)
-        if ended_state(result, budget, error) == optuna.trial.TrialState.PRUNED:
-            self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
-            self._completed_trials.add(trial_id)
-            return
-        super().on_trial_complete(trial_id, result, error)
-
-    def _frozen(self, ot_trial: optuna.Trial) -> optuna.trial.FrozenTrial:
-        return self._ot_study.get_trials(deepcopy=False)[ot_trial.number]
-
-    def _finished(self, ot_trial: optuna.Trial) -> bool:
-        return self._frozen(ot_trial).state.is_finished()
 
 
 def close_study(run_dir: Path, interrupted: bool) -> int:

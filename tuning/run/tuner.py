@@ -18,11 +18,13 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 
 from trainable.data import DataBundle
 from trainable.trainable import CifarTrainable, SharedData, evaluate_checkpoint
-from tuning.cluster import trial_nodes
 from tuning.config import ExperimentConfig
-from tuning.search import STUDY_FILE, SearchPlan
-from tuning.storage import tune_location, tune_storage
-from tuning.timing import Phases
+from tuning.config.logs import quieter
+from tuning.run.cluster import trial_nodes
+from tuning.run.storage import tune_location, tune_storage
+from tuning.run.timing import Phases
+from tuning.search.plan import SearchPlan
+from tuning.search.study import STUDY_FILE, study_file
 
 
 class RunWatch(tune.Callback):
@@ -74,11 +76,9 @@ class RunWatch(tune.Callback):
 
 
 def restoring_study(path: Path):
-    """`tuning.study.study_file(path)` where an Optuna study exists; else nothing to do."""
+    """`study_file(path)` where an Optuna study exists; else nothing to do."""
     if not path.exists():
         return contextlib.nullcontext()
-    from tuning.study import study_file
-
     return study_file(path)
 
 
@@ -143,11 +143,28 @@ def checkpointing(config: ExperimentConfig) -> tune.CheckpointConfig:
     return tune.CheckpointConfig(num_to_keep=keep, checkpoint_frequency=1, checkpoint_at_end=True)
 
 
+def restore_tuner(
+    location: str, trainable, callbacks: list[tune.Callback] | None, **options
+) -> tune.Tuner:
+    """The Tune run saved at `location`, its unfinished and errored trials to continue, watched
+    by this session's `callbacks`.
+
+    Tune restores the first session's callbacks from tuner.pkl (stale objects, and code the
+    storage could hold), and `Tuner.restore` takes no others: the private `_local_tuner` is the
+    only way to give them (tests/test_lifecycle.py pins it)."""
+    tuner = tune.Tuner.restore(
+        location, trainable=trainable, resume_unfinished=True, resume_errored=True, **options
+    )
+    tuner._local_tuner.get_run_config().callbacks = list(callbacks or [])
+    return tuner
+
+
 def run_tuner(
     config: ExperimentConfig,
     data: DataBundle | SharedData,
     run_dir: Path,
     plan: SearchPlan | None,
+    *,
     reuse_actors: bool = True,
     phases: Phases | None = None,
     callbacks: list[tune.Callback] | None = None,
@@ -177,20 +194,15 @@ def run_tuner(
         shared = data if isinstance(data, SharedData) else share_data(data)
         trainable = make_trainable(config, shared)
     if plan is None:
-        # The searcher's saved Optuna storage opens this run folder's study.db (tuning/study.py).
-        # Restoring, Tune warns that it found no metrics for each trial that never started: an
-        # interrupted run's normal state, not news (`--verbose` keeps the warning).
-        analysis_log = logging.getLogger("ray.tune.analysis.experiment_analysis")
-        with restoring_study(run_dir / STUDY_FILE), quieter(analysis_log, unless=verbose):
-            tuner = tune.Tuner.restore(
-                tune_location(config.run.storage, run_dir),
-                trainable=trainable,
-                resume_unfinished=True,
-                resume_errored=True,
-            )
-            # Tune restores the first session's callbacks from tuner.pkl (stale objects, and
-            # code the storage could hold): this session's own watch its trials instead.
-            tuner._local_tuner.get_run_config().callbacks = list(callbacks or [])
+        # The searcher's saved study storage opens this run folder's study.db
+        # (tuning.search.study). Restoring, Tune warns that it found no metrics for each trial
+        # that never started: an interrupted run's normal state, not news (`--verbose` keeps it).
+        analysis_log = "ray.tune.analysis.experiment_analysis"
+        with (
+            restoring_study(run_dir / STUDY_FILE),
+            quieter(analysis_log, logging.ERROR, unless=verbose),
+        ):
+            tuner = restore_tuner(tune_location(config.run.storage, run_dir), trainable, callbacks)
             with phases.timed("trials"):
                 return tuner.fit()
     storage_path, name = tune_storage(config.run.storage, run_dir)
@@ -234,26 +246,21 @@ def run_config(
     )
 
 
-@contextlib.contextmanager
-def quieter(logger: logging.Logger, unless: bool = False):
-    """`logger` shows errors only inside the block (as it was, if `unless`)."""
-    level = logger.level
-    if not unless:
-        logger.setLevel(logging.ERROR)
+def best_result(results: tune.ResultGrid) -> tune.Result | None:
+    """The best trial by the run's metric at its last epoch; None when no trial reported it."""
     try:
-        yield
-    finally:
-        logger.setLevel(level)
+        return results.get_best_result(scope="last", filter_nan_and_inf=True)
+    except RuntimeError:
+        return None
 
 
 def judge_best(
     results: tune.ResultGrid, config: ExperimentConfig, data: DataBundle
 ) -> tuple[tune.Result, float | None] | None:
-    """The best trial by the configured metric at its last epoch, and its last checkpoint's
-    test accuracy: the one time a search's choice meets the test set."""
-    try:
-        best = results.get_best_result(scope="last", filter_nan_and_inf=True)
-    except RuntimeError:  # no trial reported the metric
+    """The best trial and its last checkpoint's test accuracy: the one time a search's choice
+    meets the test set when no finalists judge it."""
+    best = best_result(results)
+    if best is None:
         return None
     if best.checkpoint is None:
         return best, None

@@ -10,7 +10,9 @@ import pyarrow as pa
 
 from trainable.families import FAMILIES, readers
 from tuning.config import ExperimentConfig
-from tuning.export import TRIAL_FIELDS
+from tuning.results.outcome import Outcome
+from tuning.results.stats import interval_text
+from tuning.results.tables import FINAL_FIELDS, TRIAL_FIELDS
 
 # The original experiment's test accuracy after 5 epochs (DESIGN.md).
 ORIGINAL_TEST_ACC = {0.001: 0.4363, 0.0001: 0.4169, 0.01: 0.1000}
@@ -76,9 +78,16 @@ def grid_table(trials: pa.Table, verdict: list[str] = ()) -> str:
 
 
 def search_summary(
-    trials: pa.Table, best_id: str | None, best_value: float | None, max_epochs: int, metric: str
+    trials: pa.Table,
+    best_id: str | None,
+    best_value: float | None,
+    max_epochs: int,
+    metric: str,
+    *,
+    finalists: bool = False,
 ) -> str:
-    """The chosen configuration, its scores, and what early stopping saved."""
+    """The chosen configuration, its scores, and what early stopping saved; with `finalists`,
+    the test set judges their re-runs instead of the chosen trial's checkpoint."""
     rows = trials.to_pylist()
     lines = []
     best = next((row for row in rows if row["trial_id"] == best_id), None)
@@ -93,14 +102,16 @@ def search_summary(
         chosen = ", ".join(
             f"{p}={best[p]:.3g}" if isinstance(best[p], float) else f"{p}={best[p]}" for p in params
         )
-        test = "—" if best["test_acc"] is None else f"{best['test_acc']:.4f}"
+        if finalists:
+            judged = "test acc: judged over the finalists' re-runs below"
+        else:
+            test = "—" if best["test_acc"] is None else f"{best['test_acc']:.4f}"
+            judged = f"test acc {test} (its last checkpoint, evaluated once)"
         lines += [
             f"best trial {best_id} (by {metric}): {chosen}",
-            f"  {metric} {best_value:.4f} after {best['epochs_completed']} epochs, "
-            f"test acc {test} (its last checkpoint, evaluated once)",
+            f"  {metric} {best_value:.4f} after {best['epochs_completed']} epochs, {judged}",
         ]
-    statuses = ("completed", "early_stopped", "diverged", "interrupted", "error")
-    counts = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in statuses)
+    counts = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in Outcome)
     trained = sum(row["epochs_completed"] for row in rows)
     budget = len(rows) * max_epochs
     saved = f"{1 - trained / budget:.0%} saved" if budget else ""
@@ -121,8 +132,6 @@ def node_counts(trials: pa.Table) -> dict[str, int]:
 def finalist_summary(final: pa.Table, groups: list[dict], verdict: list[str]) -> str:
     """The finalists by mean metric, with intervals over their re-runs, against the search's
     single-seed order; then the winner and the verdict."""
-    from tuning.stats import interval_text
-
     rows = final.to_pylist()
     lines = [
         "| rank | finalist (search order) | search trial | re-runs | val acc | test acc |",
@@ -131,15 +140,13 @@ def finalist_summary(final: pa.Table, groups: list[dict], verdict: list[str]) ->
     for group in groups:
         number = group["finalist"]
         mine = [r for r in rows if r["finalist"] == number]
-        done = sum(r["status"] == "completed" for r in mine)
+        done = sum(r["status"] == Outcome.COMPLETED for r in mine)
         lines.append(
             f"| {group['rank']} | {number} | {mine[0]['search_trial_id']} | {done} of "
             f"{len(mine)} | {interval_text(group, 'val_acc')} | "
             f"{interval_text(group, 'test_acc')} |"
         )
     if groups:
-        from tuning.finalists import FINAL_FIELDS
-
         first = next(r for r in rows if r["finalist"] == groups[0]["finalist"])
         params = [k for k in first if k not in FINAL_FIELDS and k != "seed"]
         shown = ", ".join(
@@ -153,7 +160,7 @@ def finalist_summary(final: pa.Table, groups: list[dict], verdict: list[str]) ->
         f"finalists' order over seeds: {', '.join(map(str, order))} "
         f"({'the same as' if same else 'differs from'} the search's single-seed order)"
     )
-    unfinished = sum(r["status"] != "completed" for r in rows)
+    unfinished = sum(r["status"] != Outcome.COMPLETED for r in rows)
     if unfinished:
         lines.append(f"{unfinished} of {len(rows)} re-runs did not complete (see final.parquet)")
     return "\n".join([*lines, *verdict])

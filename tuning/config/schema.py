@@ -1,22 +1,19 @@
-"""Experiment config: YAML → validated pydantic models, with dotted `--set` overrides."""
+"""The experiment's schema: one validated pydantic model per section, and the checks across
+sections."""
 
 from __future__ import annotations
 
-import copy
-import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
-from pydantic import BaseModel, Field, ValidationError, field_validator, model_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 
 from trainable.data import DataConfig
-from trainable.families import MODEL_ARGS, ModelError, check_model, readers
+from trainable.families import ModelError, check_model, readers
 from trainable.settings import Strict, TrialConfig, uses_import_path
-
-
-class ConfigError(ValueError):
-    """A config file, flag or override the user must fix; the message says how."""
+from tuning.config.credentials import check_no_credentials
+from tuning.config.errors import ConfigError
+from tuning.config.keys import DOT, MODEL_ARGS
 
 
 class Distribution(Strict):
@@ -77,6 +74,18 @@ class SearchConfig(Strict):
     # Run folders whose finished trials an Optuna search starts from (also --warm-start).
     warm_start: list[str] = Field(default_factory=list)
 
+    @property
+    def keys(self) -> list[str]:
+        """The searched settings (dotted keys), in the order the config gives them."""
+        return list(self.grid or self.space)
+
+    def values(self) -> dict[str, list[Any]]:
+        """Each searched key's values a trial must accept: a grid's values, or a range's ends."""
+        return {
+            **{key: list(values) for key, values in self.grid.items()},
+            **{key: dist.values() for key, dist in self.space.items()},
+        }
+
     @field_validator("grid")
     @classmethod
     def _grid_values(cls, grid: dict[str, list[Any]]) -> dict[str, list[Any]]:
@@ -117,7 +126,7 @@ class SearchConfig(Strict):
 
 
 def _check_trial_key(key: str) -> None:
-    if key.startswith(f"{MODEL_ARGS}.") and len(key) > len(MODEL_ARGS) + 1:
+    if key.startswith(f"{MODEL_ARGS}{DOT}") and len(key) > len(MODEL_ARGS) + 1:
         return  # a keyword argument of a user's model: any name it takes
     if key not in TrialConfig.model_fields or key == MODEL_ARGS:
         known = ", ".join(k for k in TrialConfig.model_fields if k != MODEL_ARGS)
@@ -130,7 +139,7 @@ def _check_trial_key(key: str) -> None:
 def _trial_value(key: str, value: Any) -> Any:
     """`value` validated and coerced as the trial field `key` would be. A user's model checks
     its own arguments when it is built (`families.check_model`)."""
-    if key.startswith(f"{MODEL_ARGS}."):
+    if key.startswith(f"{MODEL_ARGS}{DOT}"):
         return value
     try:
         return getattr(TrialConfig.model_validate({key: value}), key)
@@ -182,8 +191,6 @@ class RunSettings(Strict):
                 "must be an absolute path (every node resolves it alike) or a URI such as "
                 "s3://bucket/runs; --storage makes a relative path absolute"
             )
-        from tuning.credentials import check_no_credentials
-
         check_no_credentials(value or "")  # config.yaml and messages would hold them
         return value
 
@@ -245,11 +252,9 @@ class ExperimentConfig(Strict):
         for model in sorted(m for m in self.models() if uses_import_path(m)):
             base = self.trial.model_copy(update={"model": model})
             points.append(base)
-            searched = {key: list(values) for key, values in self.search.grid.items()}
-            searched.update({key: dist.values() for key, dist in self.search.space.items()})
-            for key, values in searched.items():
-                if key.startswith(f"{MODEL_ARGS}."):
-                    name = key.split(".", 1)[1]
+            for key, values in self.search.values().items():
+                if key.startswith(f"{MODEL_ARGS}{DOT}"):
+                    name = key.split(DOT, 1)[1]
                     points += [
                         base.model_copy(update={MODEL_ARGS: {**base.model_args, name: value}})
                         for value in values
@@ -258,12 +263,11 @@ class ExperimentConfig(Strict):
 
     def _check_family_fields(self) -> None:
         """Every searched field must matter to some model the search can build."""
-        searched = self.search.grid or self.search.space
         where = "search.grid" if self.search.grid else "search.space"
         models = self.models()
         own = {model for model in models if uses_import_path(model)}
         built = " and ".join(sorted(models))
-        for key in searched:
+        for key in self.search.keys:
             families = readers(key)
             if families is None or families & models or (families == set() and own):
                 continue
@@ -301,102 +305,3 @@ def check_own_models(
             check_model(trial, input_shape, num_classes)
         except ModelError as err:
             raise ConfigError(str(err)) from None
-
-
-def load_config(path: str | Path, overrides: list[str] = ()) -> ExperimentConfig:
-    """Read a YAML experiment, apply `KEY=VALUE` overrides, validate; ConfigError on any fault."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except OSError as err:
-        raise ConfigError(
-            f"cannot read config {path}: {err.strerror}; check the --config path"
-        ) from None
-    except yaml.YAMLError as err:
-        raise ConfigError(f"config {path} is not valid YAML: {err}") from None
-    if raw is None:
-        raw = {}
-    if not isinstance(raw, dict):
-        raise ConfigError(f"config {path} must be a mapping of sections (name, data, trial, ...)")
-    raw = apply_overrides(raw, overrides)
-    try:
-        return ExperimentConfig.model_validate(raw)
-    except ValidationError as err:
-        raise ConfigError(f"config {path} is invalid:\n{_describe(err)}") from None
-
-
-def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
-    """Return a copy of `raw` with each `a.b.c=YAML` override set; unknown keys are refused."""
-    raw = copy.deepcopy(raw)
-    for item in overrides:
-        key, sep, text = item.partition("=")
-        if not sep or not key:
-            raise ConfigError(f"--set '{item}' must look like KEY=VALUE, e.g. --set trial.lr=0.01")
-        parts = key.strip().split(".")
-        _check_key(key, parts)
-        try:
-            value = yaml.safe_load(text)
-        except yaml.YAMLError as err:
-            raise ConfigError(f"--set {key}: value '{text}' is not valid YAML: {err}") from None
-        node = raw
-        for part in parts[:-1]:
-            child = node.get(part)
-            if not isinstance(child, dict):
-                child = node[part] = {}
-            node = child
-        node[parts[-1]] = value
-    return raw
-
-
-def _check_key(key: str, parts: list[str]) -> None:
-    model: type[BaseModel] = ExperimentConfig
-    for depth, part in enumerate(parts):
-        if part not in model.model_fields:
-            where = ".".join(parts[:depth]) or "the top level"
-            known = ", ".join(model.model_fields)
-            raise ConfigError(f"--set {key}: '{part}' is not a key of {where} (known: {known})")
-        annotation = model.model_fields[part].annotation
-        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
-            return  # a leaf or a free mapping such as search.grid: validated with the file
-        model = annotation
-    raise ConfigError(f"--set {key}: '{key}' is a section; set one of its keys instead")
-
-
-def _describe(err: ValidationError) -> str:
-    lines = []
-    for problem in err.errors():
-        where = ".".join(str(p) for p in problem["loc"]) or "(top level)"
-        message = problem["msg"].removeprefix("Value error, ")
-        if problem["type"] == "extra_forbidden":
-            message = "unknown key; remove it or fix its spelling"
-        got = problem.get("input")
-        # A check across sections gets the whole config as its input: not worth echoing.
-        quiet = problem["type"] in ("extra_forbidden", "missing") or isinstance(got, dict)
-        quiet = quiet or where == "run.storage"  # may carry credentials: never echoed
-        shown = "" if quiet else f" (got {got!r})"
-        lines.append(f"  {where}: {message}{shown}")
-    return "\n".join(lines)
-
-
-def smoke_overrides(config: ExperimentConfig, synthetic: bool) -> list[str]:
-    """`--set` items for a tiny version of the experiment: small data, 2 epochs, 2 trials.
-
-    Overrides rather than edits, so the user's own `--set` items, applied after, still win.
-    """
-    items = [
-        "data.train_subset=2000",
-        "data.test_subset=1000",
-        f"data.val_size={min(config.data.val_size, 500)}",
-        f"trial.epochs={min(config.trial.epochs, 2)}",
-        f"search.num_samples={min(config.search.num_samples, 2)}",
-        "search.time_budget_s=null",
-        "scheduler.grace_period=1",
-    ]
-    if config.final.top_k:
-        items += ["final.top_k=1", "final.seeds=2"]  # the finalists' path, two tiny re-runs
-    if synthetic:
-        items.append("data.source=synthetic")
-    for index, (key, values) in enumerate(config.search.grid.items()):
-        kept = values[:2] if index == 0 else values[:1]  # two trials in all
-        items.append(f"search.grid.{key}={json.dumps(kept)}")
-    return items

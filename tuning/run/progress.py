@@ -13,9 +13,10 @@ import time
 from dataclasses import dataclass
 
 from ray import tune
-from ray.tune.experiment import Trial
 
 from tuning.config import ExperimentConfig
+from tuning.config.keys import EPOCH, get_dotted
+from tuning.results.outcome import Outcome, epoch_budget, trial_outcome
 
 PLAIN_INTERVAL_S = 30.0  # a plain line this often when not on a terminal
 LIVE_INTERVAL_S = 1.0  # redraws on a terminal
@@ -65,7 +66,7 @@ class Progress(tune.Callback):
             config.metric,
             config.mode,
             config.trial.epochs,
-            searched=list(config.search.grid or config.search.space),
+            searched=config.search.keys,
             time_budget_s=config.search.time_budget_s,
         )
 
@@ -78,7 +79,7 @@ class Progress(tune.Callback):
         self.started = time.monotonic()
         self.first_result: float | None = None
         self.running: dict[str, TrialView] = {}
-        self.counts = {"completed": 0, "stopped early": 0, "diverged": 0, "failed": 0}
+        self.counts = dict.fromkeys((o for o in Outcome if o != Outcome.INTERRUPTED), 0)
         self.started_trials = 0
         self.ended_before: int | None = None  # trials a resumed run finished in earlier processes
         self.epochs_done = 0
@@ -89,9 +90,7 @@ class Progress(tune.Callback):
     def label(self, trial) -> str:
         shown = []
         for key in self.searched:
-            node = trial.config
-            for part in key.split("."):
-                node = node.get(part) if isinstance(node, dict) else None
+            node = get_dotted(trial.config, key)
             shown.append(f"{key}={node:.3g}" if isinstance(node, float) else f"{key}={node}")
         return f"{trial.trial_id} " + " ".join(shown)
 
@@ -99,14 +98,15 @@ class Progress(tune.Callback):
         if self.ended_before is not None:
             return
         # The first step: a resumed run's trials that ended in earlier processes.
-        ended = [t for t in trials if t.status in (Trial.TERMINATED, Trial.ERROR)]
+        ended = [t for t in trials if t.status in ("TERMINATED", "ERROR")]
         self.ended_before = len(ended)
         for trial in ended:
             self.consider((trial.last_result or {}).get(self.metric), trial.trial_id)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         self.started_trials += 1
-        self.running[trial.trial_id] = TrialView(self.label(trial), trial.config["epochs"])
+        budget = epoch_budget(trial.config, self.epochs)
+        self.running[trial.trial_id] = TrialView(self.label(trial), budget)
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
         view = self.running.get(trial.trial_id)
@@ -114,9 +114,9 @@ class Progress(tune.Callback):
             view = self.running[trial.trial_id] = TrialView(self.label(trial), self.epochs)
         now = time.monotonic()
         self.first_result = self.first_result or now
-        if result.get("epoch", 0) > view.epoch:
-            self.epochs_done += result["epoch"] - view.epoch
-        view.epoch, view.value = result.get("epoch", view.epoch), result.get(self.metric)
+        if result.get(EPOCH, 0) > view.epoch:
+            self.epochs_done += result[EPOCH] - view.epoch
+        view.epoch, view.value = result.get(EPOCH, view.epoch), result.get(self.metric)
         self.consider(view.value, trial.trial_id)
         self.refresh()
 
@@ -132,23 +132,25 @@ class Progress(tune.Callback):
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         view = self.running.pop(trial.trial_id, None) or TrialView(self.label(trial), self.epochs)
         last = trial.last_result or {}
-        if last.get("diverged"):
-            status = "diverged"
-        elif view.epoch >= view.budget:
-            status = "completed"
-        else:
-            status = "stopped early"
-        self.counts[status] += 1
+        outcome = trial_outcome(
+            error=False,
+            diverged=bool(last.get("diverged")),
+            epochs=view.epoch,
+            budget=view.budget,
+        )
+        self.counts[outcome] += 1
         value = "—" if view.value is None else f"{view.value:.4f}"
         self.say(
-            f"{status:>13}  {view.label}  {self.metric} {value} after {view.epoch}/{view.budget}"
-            " epochs"
+            f"{outcome!s:>13}  {view.label}  {self.metric} {value} after "
+            f"{view.epoch}/{view.budget} epochs"
         )
 
     def on_trial_error(self, iteration, trials, trial, **info) -> None:
         view = self.running.pop(trial.trial_id, None) or TrialView(self.label(trial), self.epochs)
-        self.counts["failed"] += 1
-        self.say(f"{'failed':>13}  {view.label}  after {view.epoch} epochs: see {trial.path}")
+        self.counts[Outcome.ERROR] += 1
+        self.say(
+            f"{Outcome.ERROR!s:>13}  {view.label}  after {view.epoch} epochs: see {trial.path}"
+        )
 
     def on_step_end(self, iteration, trials, **info) -> None:
         self.refresh()
@@ -183,7 +185,7 @@ class Progress(tune.Callback):
         before = self.ended_before or 0
         done = sum(self.counts.values()) + before
         others = ", ".join(
-            [f"{n} {what}" for what, n in self.counts.items() if n and what != "completed"]
+            [f"{n} {what}" for what, n in self.counts.items() if n and what != Outcome.COMPLETED]
             + ([f"{before} before this resume"] if before else [])
         )
         parts = [

@@ -23,8 +23,9 @@ import shutil
 import socket
 from pathlib import Path
 
+from trainable.files import atomic_write
 from tuning.config import ConfigError, ExperimentConfig
-from tuning.export import atomic_write, write_config
+from tuning.results.tables import write_config
 
 NAME = re.compile(r"^[A-Za-z0-9._-]+$")
 LOCK_FILE = ".lock"  # held with flock for the whole run; holds the holder's pid and host

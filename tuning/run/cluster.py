@@ -14,7 +14,7 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from tuning.config import ConfigError
-from tuning.storage import STORAGE_HINT, local_path
+from tuning.run.storage import STORAGE_HINT, local_path
 
 PROBE_TIMEOUT_S = 120  # a node's first task starts a worker process: seconds on a busy node
 

@@ -1,10 +1,10 @@
 """Warm start: earlier runs' finished trials enter a new Optuna study before it proposes anything.
 
-Ray's OptunaSearch opens its study with `create_study(storage, study_name, load_if_exists=True)`
-when Tune hands it the search space, so trials added here, under the same name and storage,
-are in the study TPE samples from; they count towards TPE's start-up trials (complete and pruned
-ones), so with enough of them the first proposals are TPE's, not random ones. Each is marked
-with the user attributes `warm_start_run` (the folder) and `warm_start_trial_id`.
+The search's study (`tuning.search.plan`) opens the same name and storage afterwards, so the
+trials added here are in the study TPE samples from; they count towards TPE's start-up trials
+(complete and pruned ones), so with enough of them the first proposals are TPE's, not random
+ones. Each is marked with the user attributes `warm_start_run` (the folder) and
+`warm_start_trial_id`.
 """
 
 from __future__ import annotations
@@ -12,16 +12,19 @@ from __future__ import annotations
 import math
 from collections import Counter, defaultdict
 from pathlib import Path
-from typing import Any
 
+import optuna
 import pyarrow.parquet as pq
 
 from tuning.config import ConfigError, ExperimentConfig, load_config
+from tuning.config.keys import RUN_MARK, TRIAL_MARK, setting_key
+from tuning.config.logs import quieter
+from tuning.config.space import optuna_space
+from tuning.results.outcome import Outcome
+from tuning.search.study import study_storage
 
 RUN_FILE = "config.yaml"
 TABLES = ("trials.parquet", "epochs.parquet")
-FINISHED = ("completed", "early_stopped", "diverged")  # ended with a last value of the metric
-RUN_MARK, TRIAL_MARK = "warm_start_run", "warm_start_trial_id"
 STARTUP = 10  # TPESampler's n_startup_trials: random proposals until the study holds this many
 
 
@@ -53,7 +56,7 @@ def earlier_trials(folder: Path, config: ExperimentConfig) -> tuple[list[dict], 
     trials, unfinished = [], 0
     for trial in pq.read_table(folder / "trials.parquet").to_pylist():
         curve = by_trial.get(trial["trial_id"])
-        if trial["status"] not in FINISHED or not curve:
+        if not Outcome(trial["status"]).has_value or not curve:
             unfinished += 1
             continue
         last = max(curve)
@@ -61,63 +64,40 @@ def earlier_trials(folder: Path, config: ExperimentConfig) -> tuple[list[dict], 
     return trials, unfinished
 
 
-def contains(distribution: Any, value: Any) -> bool:
-    """Whether an Optuna distribution can hold `value` (a range's ends included)."""
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return False
-    try:
-        internal = distribution.to_internal_repr(value)
-    except (ValueError, TypeError):
-        return False
-    return distribution._contains(internal)
-
-
 def seed_study(config: ExperimentConfig, study_path: Path) -> tuple[str, list[dict]]:
     """Add the finished trials of `config.search.warm_start`'s runs to the study Ray will open;
     return the line to print and the parameters added (Optuna's names)."""
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    from tuning.search import param_space
-    from tuning.study import study_storage
-
-    # Ray's own translation: the names ("model_args/width") and distributions it will ask with.
-    distributions = OptunaSearch.convert_search_space(param_space(config))
+    # The names ("model_args/width") and distributions the search will ask with.
+    distributions = optuna_space(config)
     folders = [Path(p).expanduser().resolve() for p in config.search.warm_start]
     sources = [(folder, *earlier_trials(folder, config)) for folder in folders]
     added, skipped = [], Counter()
     for folder, trials, unfinished in sources:
         skipped["unfinished"] += unfinished
         for trial in trials:
-            params, why = {}, None
-            for name, distribution in distributions.items():
-                value = trial.get(name.replace("/", "."))
-                if value is None:
-                    why = f"missing {name.replace('/', '.')}"
-                    break
-                if not contains(distribution, value):
-                    why = "outside the space"
-                    break
-                params[name] = value
-            if why:
-                skipped[why] += 1
+            params = {name: trial.get(setting_key(name)) for name in distributions}
+            if missing := [name for name, value in params.items() if value is None]:
+                skipped[f"missing {setting_key(missing[0])}"] += 1
                 continue
-            added.append(
-                optuna.trial.create_trial(
-                    params=params,
-                    distributions=distributions,
-                    value=trial["value"],
-                    intermediate_values=trial["intermediate"],
-                    user_attrs={RUN_MARK: str(folder), TRIAL_MARK: trial["trial_id"]},
+            try:  # Optuna's own check that every value lies in its distribution
+                added.append(
+                    optuna.trial.create_trial(
+                        params=params,
+                        distributions=distributions,
+                        value=trial["value"],
+                        intermediate_values=trial["intermediate"],
+                        user_attrs={RUN_MARK: str(folder), TRIAL_MARK: trial["trial_id"]},
+                    )
                 )
-            )
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        storage=study_storage(study_path),
-        study_name=study_path.parent.name,  # the study is named after its run
-        direction="maximize" if config.mode == "max" else "minimize",
-        load_if_exists=True,
-    )
+            except ValueError:
+                skipped["outside the space"] += 1
+    with quieter("optuna"):
+        study = optuna.create_study(
+            storage=study_storage(study_path),
+            study_name=study_path.parent.name,  # the study is named after its run
+            direction="maximize" if config.mode == "max" else "minimize",
+            load_if_exists=True,
+        )
     study.add_trials(added)
     left = sum(skipped.values())
     reasons = ", ".join(f"{count} {why}" for why, count in sorted(skipped.items()) if count)

@@ -10,8 +10,9 @@ from pathlib import Path
 import pyarrow as pa
 
 from tuning.config import ExperimentConfig
-from tuning.export import TRIAL_FIELDS, write_tables
-from tuning.stats import MEASURES, group_rows, interval_text, verdict
+from tuning.results.outcome import Outcome
+from tuning.results.stats import MEASURES, group_rows, interval_text, verdict
+from tuning.results.tables import FINAL_FIELDS, LAST_EPOCH, TRIAL_FIELDS, write_tables
 
 GRID_REPEAT = "For a verdict, give each point several seeds: --set 'search.grid.seed=[0, 1, 2]'."
 FINAL_REPEAT = "For a verdict, re-run each finalist over several seeds: --set final.seeds=3."
@@ -69,7 +70,7 @@ def grid_sets(trials: pa.Table, epochs: pa.Table, config: ExperimentConfig) -> l
             config.metric: last.get(t["trial_id"], {}).get(config.metric),
         }
         for t in trials.to_pylist()
-        if t["status"] == "completed"
+        if t["status"] == Outcome.COMPLETED
     ]
     groups = _groups(
         replicates,
@@ -82,10 +83,9 @@ def grid_sets(trials: pa.Table, epochs: pa.Table, config: ExperimentConfig) -> l
 
 def final_sets(final: pa.Table, config: ExperimentConfig) -> list[dict]:
     """The finalists as groups, each with its completed re-runs' values."""
-    skip = {"trial_id", "status", "epochs_completed", "seed", "search_trial_id", "search_value"}
-    skip |= {"train_loss", "train_acc", "val_acc", "val_loss", "test_acc", "test_loss"}
+    skip = (set(FINAL_FIELDS) - {"finalist"}) | set(LAST_EPOCH) | {"seed"}
     params = [c for c in final.column_names if c not in skip]
-    replicates = [r for r in final.to_pylist() if r["status"] == "completed"]
+    replicates = [r for r in final.to_pylist() if r["status"] == Outcome.COMPLETED]
     groups = _groups(
         replicates,
         lambda r: {p: r[p] for p in params},
@@ -133,18 +133,16 @@ def verdict_lines(rows: list[dict], config: ExperimentConfig, finalists: bool) -
 def write_groups(
     run_dir: Path,
     config: ExperimentConfig,
+    *,
     epochs: pa.Table,
     trials: pa.Table,
-    finals: tuple | None,
+    final: pa.Table | None,
     metadata: dict,
-) -> tuple[pa.Table | None, list[dict]]:
-    """Write `final.parquet` (after finalisation: `finals` is (finalists, their results)) and
-    `groups.parquet` (a grid's points, or the finalists); return the final table and the rows."""
-    from tuning.finalists import final_table
-
-    final, groups = None, []
-    if finals is not None:
-        final = final_table(finals[1], finals[0], config)
+) -> list[dict]:
+    """Write `final.parquet` (the finalists' re-runs, after finalisation) and `groups.parquet`
+    (a grid's points, or the finalists); return the groups' rows, best first."""
+    groups = []
+    if final is not None:
         groups = final_groups(final, config)
     elif config.search.kind == "grid":
         groups = grid_groups(trials, epochs, config)
@@ -152,4 +150,4 @@ def write_groups(
     if groups:
         tables["groups.parquet"] = groups_table(groups)
     write_tables(run_dir, tables, metadata)
-    return final, groups
+    return groups

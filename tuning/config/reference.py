@@ -1,7 +1,7 @@
 """The configuration reference, generated from the pydantic models: every section's keys with
 their types, defaults and the comments beside them in the code.
 
-    python -m tuning.reference > docs/configuration.md
+    python -m tuning.config.reference > docs/configuration.md
 
 tests/test_reference.py fails when the committed file differs from what this prints.
 """
@@ -15,10 +15,9 @@ import types
 import typing
 
 from pydantic import BaseModel
-from pydantic_core import PydanticUndefined
 
 from trainable.families import FAMILIES
-from tuning.config import ExperimentConfig
+from tuning.config.schema import ExperimentConfig
 
 FIELD = re.compile(r"^\s+(\w+)\s*:[^#]*?(?:#\s*(.*))?$")
 COMMENT = re.compile(r"^\s+#\s?(.*)$")
@@ -62,7 +61,7 @@ def default(field) -> str:
     if field.default_factory is not None:
         value = field.default_factory()
         return "" if isinstance(value, BaseModel) else f"`{value!r}`"
-    return "" if field.default is PydanticUndefined else f"`{field.default!r}`"
+    return "" if field.is_required() else f"`{field.default!r}`"
 
 
 def section(name: str, model: type[BaseModel], notes: dict[str, str] | None = None) -> str:
@@ -89,7 +88,7 @@ def reference() -> str:
     parts = [
         "# Configuration reference",
         "",
-        "Generated from the pydantic models by `python -m tuning.reference > "
+        "Generated from the pydantic models by `python -m tuning.config.reference > "
         "docs/configuration.md`; do not edit by hand. An experiment YAML holds these sections; "
         "every key is optional, unknown keys are errors, and `--set SECTION.KEY=VALUE` "
         "overrides one.",

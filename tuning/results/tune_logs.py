@@ -1,50 +1,36 @@
-"""Run folder output: Tune's trial logs → `epochs.parquet`, `trials.parquet`, `config.yaml`."""
+"""Tune's output read back: each trial's per-epoch reports from its logs, its restarts, and
+the run's tables built from a ResultGrid. The one part of the results room that reads Ray's
+objects."""
 
 from __future__ import annotations
 
 import csv
 import io
 import json
-import os
-import platform
-import subprocess
-import sys
-from collections.abc import Callable
+import logging
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.fs
-import pyarrow.parquet as pq
-import yaml
 from ray import tune
-from ray.tune.utils import flatten_dict
 
-from trainable.families import MODEL_ARGS
 from tuning.config import ExperimentConfig
+from tuning.config.keys import EPOCH, flat_settings, settings_key
+from tuning.results.outcome import Outcome, epoch_budget, trial_outcome
+from tuning.results.tables import EPOCH_FIELDS, FINAL_FIELDS, LAST_EPOCH, TRIAL_FIELDS, make_table
 
-EPOCH_FIELDS = {
-    "trial_id": pa.string(),
-    "epoch": pa.int64(),  # 1-based
-    "train_loss": pa.float64(),
-    "train_acc": pa.float64(),
-    "val_loss": pa.float64(),  # null when data.val_size is 0
-    "val_acc": pa.float64(),
-    "epoch_time_s": pa.float64(),  # the training pass alone, evaluation excluded
-    "threads": pa.int64(),  # the trial's CPUs, plus idle ones an MLP trial took up on its node
-}
-TRIAL_FIELDS = {
-    "trial_id": pa.string(),
-    "status": pa.string(),  # completed | early_stopped | diverged | interrupted | error
-    "epochs_completed": pa.int64(),
-    "best_val_acc": pa.float64(),
-    "final_val_acc": pa.float64(),
-    "test_acc": pa.float64(),  # null where the trial was not evaluated on test
-    "train_time_s": pa.float64(),  # sum of epoch_time_s
-    "restarts": pa.int64(),  # times the trial was restarted from a checkpoint after a failure
-    "node_id": pa.string(),  # the Ray node of the trial's last epoch
-    "hostname": pa.string(),
-    "device": pa.string(),  # cpu, or cuda:<GPU id on that node>
-}
+logger = logging.getLogger(__name__)
+
+
+def flatten(report: dict, prefix: str = "") -> dict:
+    """A report's nested keys joined with "/", as Tune's CSV logger writes its columns."""
+    flat = {}
+    for key, value in report.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}/"))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def read_text(fs: pyarrow.fs.FileSystem, path: str) -> str | None:
@@ -67,12 +53,12 @@ def trial_epochs(trial_dir: Path | str, fs: pyarrow.fs.FileSystem | None = None)
     reports = _result_json(read_text(fs, f"{folder}/result.json") or "", f"{folder}/result.json")
     # Each session of Tune's CSV logger writes its rows under the keys of its first report,
     # with no header after a restore: a report's own keys say what those rows hold.
-    layouts = [list(flatten_dict({k: v for k, v in r.items() if k != "config"})) for r in reports]
+    layouts = [list(flatten({k: v for k, v in r.items() if k != "config"})) for r in reports]
     progress = read_text(fs, f"{folder}/progress.csv") or ""
-    by_epoch = {row["epoch"]: row for row in _progress_csv(progress, layouts)}
+    by_epoch = {row[EPOCH]: row for row in _progress_csv(progress, layouts)}
     for row in reports:
-        if isinstance(row.get("epoch"), int):
-            by_epoch[row["epoch"]] = row
+        if isinstance(row.get(EPOCH), int):
+            by_epoch[row[EPOCH]] = row
     return [by_epoch[epoch] for epoch in sorted(by_epoch)]
 
 
@@ -84,7 +70,7 @@ def _result_json(text: str, where: str) -> list[dict]:
         try:
             row = json.loads(line)
         except ValueError:
-            print(f"warning: skipped unreadable line {number} of {where}", file=sys.stderr)
+            logger.warning("skipped unreadable line %d of %s", number, where)
             continue
         if isinstance(row, dict):
             rows.append(row)
@@ -153,18 +139,17 @@ def trial_restarts(tune_dir: Path | str, fs: pyarrow.fs.FileSystem | None = None
     return restarts
 
 
-def trial_status(
-    result: tune.Result, epochs: list[dict], planned: int, interrupted: bool = False
-) -> str:
-    """`interrupted`: the run stopped (Ctrl-C) before this trial ended; else a trial with
-    fewer epochs than planned was stopped by the scheduler."""
-    if result.error is not None:
-        return "error"
-    if epochs and epochs[-1].get("diverged"):
-        return "diverged"
-    if len(epochs) >= planned:
-        return "completed"
-    return "interrupted" if interrupted else "early_stopped"
+def result_outcome(
+    result: tune.Result, epochs: list[dict], budget: int, *, interrupted: bool = False
+) -> Outcome:
+    """How the trial behind a Tune result ended (`interrupted`: the run stopped first)."""
+    return trial_outcome(
+        error=result.error is not None,
+        diverged=bool(epochs and epochs[-1].get("diverged")),
+        epochs=len(epochs),
+        budget=budget,
+        interrupted=interrupted,
+    )
 
 
 def build_tables(
@@ -189,7 +174,7 @@ def build_tables(
         trial_id = Path(result.path).name
         epochs = trial_epochs(result.path, result.filesystem)
         if gaps := missing_epochs(epochs):
-            print(f"warning: no record of epochs {gaps} of trial {trial_id}", file=sys.stderr)
+            logger.warning("no record of epochs %s of trial %s", gaps, trial_id)
         trial_config = result.config or (trial_configs or {}).get(trial_id) or {}
         hyper = flat_settings(trial_config)
         params.update(dict.fromkeys(hyper))
@@ -203,12 +188,12 @@ def build_tables(
         trial_rows.append(
             {
                 "trial_id": trial_id,
-                "status": trial_status(
+                "status": result_outcome(
                     result,
                     epochs,
-                    trial_config.get("epochs", config.trial.epochs),
-                    trial_id in interrupted,
-                ),
+                    epoch_budget(trial_config, config.trial.epochs),
+                    interrupted=trial_id in interrupted,
+                ).value,
                 **hyper,
                 "epochs_completed": len(epochs),
                 "best_val_acc": max(val_accs, default=None),
@@ -221,104 +206,38 @@ def build_tables(
             }
         )
     params = list(params)
-    return _table(epoch_rows, EPOCH_FIELDS, params), _table(trial_rows, TRIAL_FIELDS, params)
+    return make_table(epoch_rows, EPOCH_FIELDS, params), make_table(
+        trial_rows, TRIAL_FIELDS, params
+    )
 
 
-def flat_settings(trial: dict) -> dict:
-    """A trial's settings a column each: its model's `model_args` as `model_args.<name>`."""
-    own = trial.get(MODEL_ARGS) or {}
-    return {
-        **{key: value for key, value in trial.items() if key != MODEL_ARGS},
-        **{f"{MODEL_ARGS}.{name}": value for name, value in own.items()},
-    }
-
-
-def _table(rows: list[dict], fixed: dict[str, pa.DataType], params: list[str]) -> pa.Table:
-    columns = list(fixed) + [p for p in params if p not in fixed]
-    if not rows:
-        return pa.table({c: pa.array([], fixed.get(c, pa.null())) for c in columns})
-    return pa.table({c: pa.array([row.get(c) for row in rows], fixed.get(c)) for c in columns})
-
-
-def run_metadata(config: ExperimentConfig, data_fingerprint: str) -> dict[str, str]:
-    """Versions, data fingerprint and git commit: what a reader needs to trace a result."""
-    import optuna
-    import ray
-    import torch
-
-    return {
-        "experiment": config.name,
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "ray": ray.__version__,
-        "optuna": optuna.__version__,
-        "pyarrow": pa.__version__,
-        "data_fingerprint": data_fingerprint,
-        "git_commit": _git_commit() or "",
-    }
-
-
-def write_run(
-    run_dir: Path,
-    epochs: pa.Table,
-    trials: pa.Table,
-    config: ExperimentConfig,
-    metadata: dict,
-) -> None:
-    """Write the tables and the resolved config, each atomically (temporary name, then rename)."""
-    meta = {b"cifar_tune": json.dumps(metadata).encode()}
-    for name, table in (("epochs.parquet", epochs), ("trials.parquet", trials)):
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
-        atomic_write(run_dir / name, lambda path, t=table: pq.write_table(t, path))
-    write_config(run_dir, config)
-
-
-def write_tables(run_dir: Path, tables: dict[str, pa.Table], metadata: dict) -> None:
-    """More tables beside the run's two (`final.parquet`, `groups.parquet`): the same metadata,
-    each written atomically."""
-    meta = {b"cifar_tune": json.dumps(metadata).encode()}
-    for name, table in tables.items():
-        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **meta})
-        atomic_write(run_dir / name, lambda path, t=table: pq.write_table(t, path))
-
-
-def write_config(run_dir: Path, config: ExperimentConfig) -> None:
-    """The resolved config as YAML, loadable again (`--resume` reads it)."""
-    text = yaml.safe_dump(config.model_dump(mode="json", exclude_none=True), sort_keys=False)
-    atomic_write(run_dir / "config.yaml", lambda path: path.write_text(text))
-
-
-def atomic_write(path: Path, write: Callable[[Path], None]) -> None:
-    """Call `write` on a temporary name beside `path`, flush it to disk, then rename it over
-    `path`: after a crash or a power cut, readers find the old file or the whole new one."""
-    partial = path.with_name(f".{path.name}.partial")
-    try:
-        write(partial)
-        fsync(partial)  # else a rename can reach the disk before the data it names
-        os.replace(partial, path)  # atomic on POSIX: readers see the old file or the new one
-        fsync(path.parent)  # the rename itself
-    finally:
-        partial.unlink(missing_ok=True)
-
-
-def fsync(path: Path) -> None:
-    """Flush a file's (or a folder's entries') writes to the disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _git_commit() -> str | None:
-    try:
-        out = subprocess.run(
-            ["git", "rev-parse", "HEAD"],
-            cwd=Path(__file__).resolve().parent,
-            capture_output=True,
-            text=True,
-            timeout=5,
+def final_table(results: tune.ResultGrid, finalists: list, config: ExperimentConfig) -> pa.Table:
+    """`final.parquet`: one row per (finalist, seed) of the finalists' re-runs, finalists in the
+    search's order. `finalists`: each with `rank`, `trial_id`, `config` and `value`."""
+    by_key = {settings_key(f.config): f for f in finalists}
+    rows, params = [], dict.fromkeys(flat_settings(config.trial.model_dump()))
+    for result in results:
+        finalist = by_key.get(settings_key(result.config))
+        if finalist is None:  # not one of today's finalists: cannot happen unless edited
+            continue
+        epochs = trial_epochs(result.path, result.filesystem)
+        budget = epoch_budget(result.config, config.trial.epochs)
+        # No scheduler stops a re-run: one that ended short was interrupted.
+        outcome = result_outcome(result, epochs, budget, interrupted=True)
+        last = epochs[-1] if epochs else {}
+        hyper = flat_settings(result.config)
+        params.update(dict.fromkeys(hyper))
+        rows.append(
+            {
+                "finalist": finalist.rank,
+                "search_trial_id": finalist.trial_id,
+                "trial_id": Path(result.path).name,
+                "status": outcome.value,
+                "epochs_completed": len(epochs),
+                **{k: last.get(k) for k in LAST_EPOCH},
+                "search_value": finalist.value,
+                **hyper,
+            }
         )
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() if out.returncode == 0 else None
+    rows.sort(key=lambda row: (row["finalist"], row["seed"]))
+    return make_table(rows, FINAL_FIELDS, list(params))

@@ -9,40 +9,29 @@ run's metric; `groups.parquet` and the verdict say which differences the seeds s
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
-import pyarrow as pa
 from ray import tune
 from ray.tune.search import BasicVariantGenerator
 
 from trainable.trainable import SharedData
 from tuning.config import ExperimentConfig
-from tuning.export import flat_settings, trial_epochs, trial_status
-from tuning.storage import join, tune_storage
-from tuning.timing import Phases
+from tuning.config.keys import settings_key
+from tuning.config.logs import quieter
+from tuning.results.outcome import Outcome, epoch_budget
+from tuning.results.tune_logs import result_outcome, trial_epochs
+from tuning.run.progress import Progress
+from tuning.run.storage import join, tune_storage
+from tuning.run.timing import Phases
+from tuning.run.tuner import make_trainable, restore_tuner, run_config, trials_at_once
+
+logger = logging.getLogger(__name__)
 
 FINAL_FOLDER = "ray-final"  # the finalists' Tune experiment, beside the search's `ray/`
-FINAL_FIELDS = {
-    "finalist": pa.int64(),  # 1 = the search's best configuration, in the search's order
-    "search_trial_id": pa.string(),  # the search trial the configuration comes from
-    "trial_id": pa.string(),  # this re-run's Tune trial
-    "status": pa.string(),  # completed | diverged | interrupted | error
-    "epochs_completed": pa.int64(),
-    "train_loss": pa.float64(),  # at the last epoch, as every metric here
-    "train_acc": pa.float64(),
-    "val_acc": pa.float64(),
-    "val_loss": pa.float64(),
-    "test_acc": pa.float64(),  # the re-run's last model, evaluated once
-    "test_loss": pa.float64(),
-    "search_value": pa.float64(),  # the run's metric of the search trial, at its last epoch
-}
-
-LAST_EPOCH = ("train_loss", "train_acc", "val_acc", "val_loss", "test_acc", "test_loss")
 
 
 @dataclass(frozen=True)
@@ -60,12 +49,6 @@ class Finalist:
         return [{**self.config, "seed": base + i} for i in range(1, seeds + 1)]
 
 
-def settings_key(config: dict) -> str:
-    """A configuration's identity without its seed: re-runs of one finalist share it."""
-    settings = {k: v for k, v in flat_settings(config).items() if k != "seed"}
-    return json.dumps(settings, sort_keys=True, default=str)
-
-
 def select_finalists(results: tune.ResultGrid, config: ExperimentConfig) -> list[Finalist]:
     """The `final.top_k` best distinct configurations by the run's metric at their last epoch,
     from trials that trained their full budget when at least top_k did, else from all that
@@ -74,13 +57,14 @@ def select_finalists(results: tune.ResultGrid, config: ExperimentConfig) -> list
     candidates = []
     for result in results:
         epochs = trial_epochs(result.path, result.filesystem)
-        status = trial_status(result, epochs, result.config.get("epochs", 0))
+        outcome = result_outcome(result, epochs, epoch_budget(result.config, config.trial.epochs))
         value = epochs[-1].get(config.metric) if epochs else None
-        if status in ("error", "diverged") or not isinstance(value, (int, float)):
+        if outcome in (Outcome.ERROR, Outcome.DIVERGED) or not isinstance(value, (int, float)):
             continue
         if not math.isfinite(value):
             continue
-        candidates.append((status == "completed", Path(result.path).name, result.config, value))
+        complete = outcome == Outcome.COMPLETED
+        candidates.append((complete, Path(result.path).name, result.config, value))
     full = [c for c in candidates if c[0]]
     pool = full if len(full) >= top_k else candidates
     pool.sort(key=lambda c: (sign * c[3], c[1]))
@@ -111,6 +95,7 @@ def run_finalists(
     shared: SharedData,
     run_dir: Path,
     finalists: list[Finalist],
+    *,
     reuse_actors: bool = True,
     phases: Phases | None = None,
     verbose: bool = True,
@@ -118,9 +103,6 @@ def run_finalists(
     """Train every finalist's re-runs as one Tune run, or continue the one an interrupted run
     left in `<run>/ray-final` (finished re-runs are not trained again). Without `verbose`, the
     compact progress view instead of Tune's output."""
-    from tuning.progress import Progress
-    from tuning.runner import make_trainable, run_config, trials_at_once
-
     phases = Phases() if phases is None else phases
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     trainable = make_trainable(config, shared, evaluate_test=True)
@@ -128,30 +110,27 @@ def run_finalists(
     # Every point is a whole trial config; the space only names the keys, every key a point
     # sets (a user's model_args too). Tune keeps no param_space across a restore: given again.
     space = points[0]
-    # Each point overrides the first one's values on purpose; Tune would warn once per value.
-    logging.getLogger("ray.tune.search.variant_generator").setLevel(logging.ERROR)
     location = final_location(config, run_dir)
     progress = Progress(
-        config.metric, config.mode, config.trial.epochs, searched=[*config.search.space, "seed"]
+        config.metric, config.mode, config.trial.epochs, searched=[*config.search.keys, "seed"]
     )
     callbacks = [] if verbose else [progress]
-    if tune.Tuner.can_restore(location):
-        tuner = tune.Tuner.restore(
-            location,
-            trainable=trainable,
-            param_space=space,
-            resume_unfinished=True,
-            resume_errored=True,
-        )
-        # This session's callbacks, not the first session's pickled ones (as runner.run_tuner).
-        tuner._local_tuner.get_run_config().callbacks = callbacks
-        with phases.timed("finalists"):
-            return tuner.fit()
+    # Each point sets the first one's values again on purpose; Tune would warn once per value.
+    variants_log = "ray.tune.search.variant_generator"
+    with phases.timed("finalists"), quieter(variants_log, logging.ERROR):
+        if tune.Tuner.can_restore(location):
+            return restore_tuner(location, trainable, callbacks, param_space=space).fit()
+        return _new_tuner(
+            config, trainable, run_dir, points, callbacks, reuse_actors, verbose
+        ).fit()
+
+
+def _new_tuner(config, trainable, run_dir, points, callbacks, reuse_actors, verbose) -> tune.Tuner:
     storage_path, _ = tune_storage(config.run.storage, run_dir)
     limit = config.search.max_concurrent or trials_at_once(config)
-    tuner = tune.Tuner(
+    return tune.Tuner(
         trainable,
-        param_space=space,
+        param_space=points[0],
         tune_config=tune.TuneConfig(
             metric=config.metric,
             mode=config.mode,
@@ -162,45 +141,6 @@ def run_finalists(
         ),
         run_config=run_config(config, FINAL_FOLDER, storage_path, callbacks, verbose),
     )
-    with phases.timed("finalists"):
-        return tuner.fit()
-
-
-def final_table(
-    results: tune.ResultGrid, finalists: list[Finalist], config: ExperimentConfig
-) -> pa.Table:
-    """`final.parquet`: one row per (finalist, seed), finalists in the search's order."""
-    by_key = {settings_key(f.config): f for f in finalists}
-    rows, params = [], dict.fromkeys(flat_settings(config.trial.model_dump()))
-    for result in results:
-        finalist = by_key.get(settings_key(result.config))
-        if finalist is None:  # not one of today's finalists: cannot happen unless edited
-            continue
-        epochs = trial_epochs(result.path, result.filesystem)
-        planned = result.config.get("epochs", 0)
-        status = trial_status(result, epochs, planned)
-        if status == "early_stopped":  # no scheduler stops a finalist: it was cut short
-            status = "interrupted"
-        last = epochs[-1] if epochs else {}
-        hyper = flat_settings(result.config)
-        params.update(dict.fromkeys(hyper))
-        rows.append(
-            {
-                "finalist": finalist.rank,
-                "search_trial_id": finalist.trial_id,
-                "trial_id": Path(result.path).name,
-                "status": status,
-                "epochs_completed": len(epochs),
-                **{k: last.get(k) for k in LAST_EPOCH},
-                "search_value": finalist.value,
-                **hyper,
-            }
-        )
-    rows.sort(key=lambda row: (row["finalist"], row["seed"]))
-    columns = list(FINAL_FIELDS) + [p for p in params if p not in FINAL_FIELDS]
-    if not rows:
-        return pa.table({c: pa.array([], FINAL_FIELDS.get(c, pa.null())) for c in columns})
-    return pa.table({c: pa.array([r.get(c) for r in rows], FINAL_FIELDS.get(c)) for c in columns})
 
 
 def finalise(
@@ -208,6 +148,7 @@ def finalise(
     shared: SharedData,
     run_dir: Path,
     results: tune.ResultGrid,
+    *,
     reuse_actors: bool = True,
     phases: Phases | None = None,
     verbose: bool = True,
@@ -218,13 +159,25 @@ def finalise(
         return None
     finalists = select_finalists(results, config)
     if not finalists:
-        print("finalists: no trial reported the metric; nothing to re-run")
+        logger.info("finalists: no trial reported the metric; nothing to re-run")
         return None
     seeds = config.final.seeds
-    print(
-        f"\nfinalists: the {len(finalists)} best configurations of the search "
-        f"({', '.join(f.trial_id for f in finalists)}), each trained again with {seeds} fresh "
-        f"seed{'s' if seeds != 1 else ''} for {config.trial.epochs} epochs, no early stopping"
+    logger.info(
+        "\nfinalists: the %d best configurations of the search (%s), each trained again with "
+        "%d fresh seed%s for %d epochs, no early stopping",
+        len(finalists),
+        ", ".join(f.trial_id for f in finalists),
+        seeds,
+        "s" if seeds != 1 else "",
+        config.trial.epochs,
     )
-    results = run_finalists(config, shared, run_dir, finalists, reuse_actors, phases, verbose)
+    results = run_finalists(
+        config,
+        shared,
+        run_dir,
+        finalists,
+        reuse_actors=reuse_actors,
+        phases=phases,
+        verbose=verbose,
+    )
     return finalists, results
