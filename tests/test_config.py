@@ -1,6 +1,7 @@
 from pathlib import Path
 
 import pytest
+import yaml
 
 from tuning.config import ConfigError, ExperimentConfig, load_config, smoke_overrides
 
@@ -10,8 +11,30 @@ CONFIGS = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.ya
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_config_loads(path):
     config = load_config(path)
-    assert isinstance(config, ExperimentConfig)
     assert config.name == path.stem
+    assert config.trial.epochs >= 1 and (config.search.grid or config.search.space)
+
+
+def settings(raw: dict, prefix: str = ""):
+    """Each setting a YAML mapping gives, by dotted key (a search's grid and space whole)."""
+    for key, value in raw.items():
+        if isinstance(value, dict) and key not in ("grid", "space", "model_args"):
+            yield from settings(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_a_config_holds_only_what_differs_from_the_defaults(path):
+    defaults = ExperimentConfig().model_dump()
+    same = []
+    for key, value in settings(yaml.safe_load(path.read_text())):
+        default = defaults
+        for part in key.split("."):
+            default = default[part]
+        if value == default and key != "search.kind":  # the kind names what the file is
+            same.append(key)
+    assert same == [], f"{path.name} repeats the defaults of {same}: remove them"
 
 
 def test_grid_config_is_the_original_experiment():

@@ -131,6 +131,20 @@ def test_one_trial_gets_no_importances(tmp_path):
     assert not (tmp_path / "one" / "param_importances.png").exists()
 
 
+def test_two_trials_get_importances_and_no_skipped_note(tmp_path):
+    # What `--smoke` leaves: two trials, one stopped early. Two is the fewest that get the
+    # importance figure and table; the report then says nothing was skipped.
+    space = {"lr": {"loguniform": [1e-4, 1e-2]}, "optimizer": {"choice": ["adam", "sgd"]}}
+    rows = [("a", 1e-3, "adam", 3, 0.5, 0.49), ("b", 3e-4, "sgd", 1, 0.3, None)]
+    fake_run(tmp_path / "two", {"kind": "optuna", "space": space}, rows)
+    write_report(tmp_path / "two")
+    assert_pngs(tmp_path / "two", ["optimization_history.png", "param_importances.png"])
+    report = (tmp_path / "two" / "report.md").read_text()
+    assert "## Which dimensions mattered" in report
+    assert "| lr |" in report and "| optimizer |" in report
+    assert "skipped" not in report and "need at least" not in report
+
+
 def test_a_folder_without_tables_is_refused(tmp_path, capsys):
     assert main([str(tmp_path)]) == 2
     err = capsys.readouterr().err

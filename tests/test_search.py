@@ -3,10 +3,17 @@
 import optuna
 import pytest
 from ray import tune
+from ray.tune.schedulers import (
+    AsyncHyperBandScheduler,
+    FIFOScheduler,
+    HyperBandScheduler,
+    MedianStoppingRule,
+    PopulationBasedTraining,
+)
 
 from trainable.data import load_dataset
 from tuning.config import Distribution, ExperimentConfig
-from tuning.config.space import to_tune
+from tuning.config.space import to_optuna, to_tune
 from tuning.results.tune_logs import build_tables
 from tuning.run.tuner import judge_best, run_tuner, trials_at_once
 from tuning.search.plan import build_plan
@@ -42,16 +49,6 @@ def test_every_scheduler_runs_a_tiny_search(ray_session, data, tmp_path, kind):
         scheduler={"kind": kind, "min_samples_required": 2},
     )
     plan, results = run(config, data, tmp_path)
-    assert (
-        type(plan.scheduler).__name__
-        == {
-            "asha": "AsyncHyperBandScheduler",
-            "median": "MedianStoppingRule",
-            "hyperband": "HyperBandScheduler",
-            "pbt": "PopulationBasedTraining",
-            "fifo": "FIFOScheduler",
-        }[kind]
-    )
     assert len(results) == 3 and not results.errors
     epochs, trials = build_tables(results, config)
     assert epochs.num_rows == sum(trials.column("epochs_completed").to_pylist())
@@ -146,12 +143,92 @@ def test_the_best_trial_is_judged_once_on_test(ray_session, data, tmp_path):
     assert sorted(trials.column("test_acc").to_pylist(), key=str) == [test_acc, None]
 
 
+def on_step(values, low: float, step: float) -> bool:
+    """Whether every value is `low` plus a whole number of `step`s (up to float rounding)."""
+    return all(abs((v - low) / step - round((v - low) / step)) < 1e-6 for v in values)
+
+
+def optuna_draws(dist, n: int = 300) -> list:
+    """`n` values Optuna's random sampler draws from the distribution `dist`."""
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    return [study.ask({"x": dist}).params["x"] for _ in range(n)]
+
+
 def test_distributions_translate_with_inclusive_ranges():
-    dice = to_tune(Distribution(randint=(1, 3)))
-    assert {dice.sample() for _ in range(200)} == {1, 2, 3}
-    assert isinstance(to_tune(Distribution(loguniform=(1e-4, 1e-2))), tune.search.sample.Float)
+    def draws(dist: Distribution) -> list:
+        return list(to_tune(dist).sample(size=2000, random_state=0))
+
+    dice = draws(Distribution(randint=(1, 3)))
+    assert set(dice) == {1, 2, 3}  # Tune's upper end is exclusive: the translation adds one
+    lrs = draws(Distribution(loguniform=(1e-4, 1e-2)))
+    assert all(1e-4 <= lr <= 1e-2 for lr in lrs)
+    below = sum(lr < 1e-3 for lr in lrs) / len(lrs)
+    assert 0.4 < below < 0.6  # uniform in log: half below the geometric middle (uniform: 9%)
+    rates = draws(Distribution(uniform=(0.2, 0.6)))
+    assert all(0.2 <= r <= 0.6 for r in rates) and 0.35 < sum(r < 0.4 for r in rates) / 2000 < 0.65
+    steps = draws(Distribution(quniform=(0.001, 0.01, 0.001)))
+    assert all(0.001 <= s <= 0.01 + 1e-12 for s in steps) and on_step(steps, 0.001, 0.001)
+    assert len({round(s, 6) for s in steps}) == 10  # both ends among the ten values
+    assert set(draws(Distribution(choice=["sgd", "adam"]))) == {"sgd", "adam"}
     assert Distribution(loguniform=(1e-6, 1e-2)).nearest(0.0) == 1e-6
     assert Distribution(choice=["sgd", "adam"]).nearest("adamw") == "sgd"
+
+
+def test_optuna_distributions_keep_ranges_steps_and_scale():
+    stepped = to_optuna(Distribution(quniform=(0.001, 0.01, 0.001)))
+    assert stepped == optuna.distributions.FloatDistribution(0.001, 0.01, step=0.001)
+    drawn = optuna_draws(stepped)
+    assert all(0.001 <= v <= 0.01 + 1e-12 for v in drawn) and on_step(drawn, 0.001, 0.001)
+    assert len({round(v, 6) for v in drawn}) == 10
+    log = to_optuna(Distribution(loguniform=(1e-4, 1e-2)))
+    assert log.log and log.step is None and (log.low, log.high) == (1e-4, 1e-2)
+    assert 0.4 < sum(v < 1e-3 for v in optuna_draws(log)) / 300 < 0.6
+    assert set(optuna_draws(to_optuna(Distribution(randint=(1, 3))))) == {1, 2, 3}
+    choice = to_optuna(Distribution(choice=["sgd", "adam"]))
+    assert set(optuna_draws(choice, 50)) == {"sgd", "adam"}
+
+
+@pytest.mark.parametrize("kind", ["asha", "median", "hyperband", "pbt", "fifo"])
+def test_each_scheduler_is_built_as_the_config_says(tmp_path, kind):
+    config = tiny(
+        trial={"epochs": 9, "lr": 1e-3},
+        search={"kind": "random", "space": {"lr": {"loguniform": [1e-4, 1e-2]}}},
+        scheduler={
+            "kind": kind,
+            "grace_period": 2,
+            "reduction_factor": 2,
+            "min_samples_required": 4,
+            "perturbation_interval": 3,
+            "quantile_fraction": 0.5,
+        },
+    )
+    scheduler = build_plan(config, tmp_path).scheduler
+    expected = {
+        "asha": AsyncHyperBandScheduler,
+        "median": MedianStoppingRule,
+        "hyperband": HyperBandScheduler,
+        "pbt": PopulationBasedTraining,
+        "fifo": FIFOScheduler,
+    }[kind]
+    assert type(scheduler) is expected
+    if kind == "fifo":
+        return
+    assert scheduler._time_attr == "training_iteration"  # epochs, not seconds
+    if kind == "asha":
+        assert scheduler._max_t == 9 and scheduler._reduction_factor == 2
+        (bracket,) = scheduler._brackets
+        # Rungs from the grace period, a factor of 2 apart, below the epoch budget.
+        assert sorted(milestone for milestone, _ in bracket._rungs) == [2, 4, 8]
+    elif kind == "median":
+        assert scheduler._grace_period == 2 and scheduler._min_samples_required == 4
+    elif kind == "hyperband":
+        assert scheduler._max_t_attr == 9 and scheduler._eta == 2
+    elif kind == "pbt":
+        assert scheduler._perturbation_interval == 3 and scheduler._quantile_fraction == 0.5
+        mutations = scheduler._hyperparam_mutations
+        assert set(mutations) == {"lr", "weight_decay"}
+        lrs = mutations["lr"].sample(size=500, random_state=0)
+        assert all(1e-4 <= lr <= 1e-2 for lr in lrs) and min(lrs) < 2e-4 and max(lrs) > 5e-3
 
 
 @pytest.mark.parametrize(

@@ -38,7 +38,7 @@ class DeviceData:
         else:  # "none": scale to [0, 1] only, as the original experiment did
             mean, std = torch.zeros(len(data.mean)), torch.ones(len(data.std))
         # x_norm = (x / 255 - mean) / std = x * scale + shift, one fused op per batch, on
-        # flattened images: broadcasting along the last axis only is 3x faster on a CPU than
+        # flattened images: broadcasting along the last axis only is much faster on a CPU than
         # per-channel (1, C, 1, 1) broadcasting.
         pixels = data.image_shape[1] * data.image_shape[2]
         self.scale = (1 / (255 * std)).repeat_interleave(pixels).view(1, -1).to(device)
@@ -63,7 +63,7 @@ class DeviceData:
     def batch_buffer(self, images: torch.Tensor) -> torch.Tensor:
         """The float buffer training batches of this shape are normalised into, made once.
 
-        A fresh 768 KiB tensor each step (batch 64) cost the MLP's epoch 4-5% on 2 CPU cores.
+        A fresh 768 KiB tensor each step (batch 64) is a measurable share of the MLP's epoch.
         Each step is done with its batch before the next overwrites it."""
         shape = images.shape[0], math.prod(images.shape[1:])
         if (buffer := self.batch_buffers.get(shape)) is None:

@@ -3,9 +3,9 @@
 torch.optim marks `Optimizer.add_param_group`, `state_dict`, `load_state_dict` and `zero_grad`
 "not to be compiled" with `torch._disable_dynamo`, which imports torch._dynamo the first time
 each is called, compiled or not. That import costs every process that builds an optimiser
-1.1 s of CPU and 150 MB of memory (2 CPU cores, torch 2.14). Nothing in this project calls
-torch.compile (it was measured slower here: see the README's Performance section), so the marks
-have nothing to guard.
+start-up time and memory it never uses (figures: benchmarks/README.md). Nothing in this
+project calls torch.compile (it was measured slower here: see the README's Performance
+section), so the marks have nothing to guard.
 
 The wrapper keeps the function it disables in an attribute of the wrapped function once built
 (`torch/_compile.py`); setting that attribute to the function itself makes the wrapper call it

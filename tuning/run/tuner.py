@@ -172,7 +172,7 @@ def run_tuner(
 ) -> tune.ResultGrid:
     """Run every trial of the plan, or with no plan continue the run Tune saved in `run_dir`.
 
-    `reuse_actors` saves each trial a process start (3.5 s of a 49 s seed-0 grid on 2 cores);
+    `reuse_actors` saves each trial a process start (a visible share of a short grid);
     without it every trial has an actor of its own, named after it in the dashboard (an
     actor's repr is read once, when it starts).
 
@@ -184,7 +184,7 @@ def run_tuner(
     """
     phases = Phases() if phases is None else phases
     # num_to_keep forces an experiment-state snapshot after each pruned checkpoint; locally that
-    # costs ~10 ms, so Tune's warning about it is noise.
+    # is a small file write, so Tune's warning about it is noise.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if not verbose:
         # Tune's newer console output prints its experiment box and paths even at verbose=0;
