@@ -98,8 +98,11 @@ def test_the_step_refuses_any_network_but_the_one_it_computes(changed):
 
 def test_an_mlp_with_a_layer_the_step_does_not_know_trains_through_autograd(monkeypatch):
     original = trainable.mlp.mlp
+    # The wrapper names input_shape: a builder that does not is built without it.
     monkeypatch.setattr(
-        trainable.mlp, "mlp", lambda **kwargs: _with_layer(original(**kwargs), 3, nn.GELU())
+        trainable.mlp,
+        "mlp",
+        lambda input_shape, **kwargs: _with_layer(original(input_shape, **kwargs), 3, nn.GELU()),
     )
     data = load_dataset(DataConfig(source="synthetic", val_size=100, train_subset=200))
     training = Training(TrialConfig(hidden=16), data, torch.device("cpu"))

@@ -1,10 +1,13 @@
 """Model families: the registry of built-in ones, and models named by an import path.
 
 A family is the settings it reads and the function that builds it. Every model, built-in or a
-user's own, is built the same way: `function(input_shape=(C, H, W), num_classes=K, **kwargs)`,
-returning an `nn.Module` from a float batch (N, C, H, W) to logits (N, K). A built-in family's
-kwargs are its settings; a user's model (`trial.model: "package.module:function"`) gets
-`trial.model_args`.
+user's own, is built the same way: `function(num_classes=K, **kwargs)`, plus
+`input_shape=(C, H, W)` when the function's signature names that parameter (a signature that
+cannot be read gets none), returning an `nn.Module` from a float batch (N, C, H, W) to logits
+(N, K). So the model zoos' builders plug in as they are (`torchvision.models:resnet18`,
+`timm:create_model` with `model_name` in its kwargs), and the built-in ones, which name
+`input_shape`, get it. A built-in family's kwargs are its settings; a user's model
+(`trial.model: "package.module:function"`) gets `trial.model_args`.
 
 Adding a built-in family: a module with its builder, and an entry in FAMILIES with the settings
 it reads. This module imports no torch, so a config is checked before torch's import.
@@ -13,6 +16,7 @@ it reads. This module imports no torch, so a config is checked before torch's im
 from __future__ import annotations
 
 import importlib
+import inspect
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -108,6 +112,18 @@ def model_kwargs(trial: Any) -> dict[str, Any]:
     return {name: getattr(trial, name) for name in family.settings.model_fields}
 
 
+def names_input_shape(factory: Callable[..., Any]) -> bool:
+    """Whether `factory` takes `input_shape` by keyword; False where its signature cannot be
+    read (some builtins and C extensions): `**kwargs` alone does not count, as a zoo's builder
+    passes those on to a constructor that does not know the name."""
+    try:
+        parameter = inspect.signature(factory).parameters.get("input_shape")
+    except (TypeError, ValueError):
+        return False
+    keyword = (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+    return parameter is not None and parameter.kind in keyword
+
+
 def build_model(trial: Any, input_shape: tuple[int, ...], num_classes: int) -> nn.Module:
     """The network `trial.model` names, for (C, H, W) inputs and `num_classes` logits."""
     from torch import nn
@@ -115,8 +131,9 @@ def build_model(trial: Any, input_shape: tuple[int, ...], num_classes: int) -> n
     family = FAMILIES.get(trial.model)
     factory = load_factory(family.builder if family else trial.model)
     kwargs = model_kwargs(trial)
+    shape = {"input_shape": tuple(input_shape)} if names_input_shape(factory) else {}
     try:
-        model = factory(input_shape=tuple(input_shape), num_classes=num_classes, **kwargs)
+        model = factory(**shape, num_classes=num_classes, **kwargs)
     except Exception as err:  # noqa: BLE001 - the user's code: say whose call failed, and how
         raise ModelError(
             f"model {trial.model!r} with {kwargs}: building it failed ({type(err).__name__}: {err})"
