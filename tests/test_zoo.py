@@ -13,8 +13,8 @@ from tests.conftest import REPO, run_script, script_command
 from trainable.families import FAMILIES, build_model, load_factory, names_input_shape
 from trainable.settings import TrialConfig
 from tuning.config import check_own_models, load_config
-from tuning.export import flat_settings
-from tuning.study import searched_distributions
+from tuning.config.keys import flat_settings
+from tuning.config.space import optuna_space
 
 MODULE = """
 from torch import nn
@@ -140,7 +140,7 @@ def test_a_string_model_arg_is_set_checked_searched_and_exported():
     )
     names = [trial.model_args["model_name"] for trial in searched.own_models()]
     assert names == ["resnet18", "resnet18", "resnet34"]
-    study = searched_distributions(searched)["model_args/model_name"]
+    study = optuna_space(searched)["model_args/model_name"]
     assert study.choices == ("resnet18", "resnet34")
     row = flat_settings({"lr": 0.001, "model_args": {"model_name": "resnet34"}})
     assert row == {"lr": 0.001, "model_args.model_name": "resnet34"}
