@@ -42,15 +42,25 @@ def secret_parts(uri: str) -> list[str]:
     return found
 
 
-def check_no_credentials(uri: str) -> None:
-    """ConfigError, echoing none of it, when the storage URI carries credentials."""
+# Where each kind of URI takes its secrets instead.
+STORAGE_SECRETS = (
+    "the environment (e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
+    "GOOGLE_APPLICATION_CREDENTIALS) or the instance's credentials (an IAM role)"
+)
+MLFLOW_SECRETS = (
+    "MLflow's environment variables (MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD, or "
+    "MLFLOW_TRACKING_TOKEN)"
+)
+
+
+def check_no_credentials(uri: str, what: str = "storage", secrets: str = STORAGE_SECRETS) -> None:
+    """ConfigError, echoing none of it, when the URI (of `what`) carries credentials."""
     if found := secret_parts(uri):
         scheme = urlsplit(uri).scheme
         raise ConfigError(
-            f"the {scheme}:// storage URI carries credentials ({', '.join(found)}); they would "
-            "be saved in config.yaml and shown in messages. Remove them from the URI and give "
-            "them through the environment (e.g. AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
-            "GOOGLE_APPLICATION_CREDENTIALS) or the instance's credentials (an IAM role)"
+            f"the {scheme}:// {what} URI carries credentials ({', '.join(found)}); they would "
+            f"be saved in config.yaml and shown in messages. Remove them from the URI and give "
+            f"them through {secrets}"
         )
 
 

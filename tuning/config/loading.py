@@ -79,7 +79,7 @@ def _describe(err: ValidationError) -> str:
         got = problem.get("input")
         # A check across sections gets the whole config as its input: not worth echoing.
         quiet = problem["type"] in ("extra_forbidden", "missing") or isinstance(got, dict)
-        quiet = quiet or where == "run.storage"  # may carry credentials: never echoed
+        quiet = quiet or where in ("run.storage", "run.mlflow")  # may carry credentials
         shown = "" if quiet else f" (got {got!r})"
         lines.append(f"  {where}: {message}{shown}")
     return "\n".join(lines)

@@ -3,6 +3,7 @@ sections."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -11,7 +12,7 @@ from pydantic import Field, ValidationError, field_validator, model_validator
 from trainable.data import DataConfig
 from trainable.families import ModelError, check_model, readers
 from trainable.settings import Strict, TrialConfig, uses_import_path
-from tuning.config.credentials import check_no_credentials
+from tuning.config.credentials import MLFLOW_SECRETS, check_no_credentials
 from tuning.config.errors import ConfigError
 from tuning.config.keys import DOT, MODEL_ARGS
 
@@ -157,6 +158,15 @@ class SchedulerConfig(Strict):
     perturbation_interval: int = Field(1, ge=1)  # pbt: epochs between exploit/explore steps
     quantile_fraction: float = Field(0.25, gt=0, le=0.5)  # pbt: bottom part copies the top
 
+    def rungs(self, epochs: int) -> list[int]:
+        """The epochs at which ASHA compares trials below a budget of `epochs` (Tune's
+        milestones: grace_period × reduction_factor^k); none for another scheduler."""
+        if self.kind != "asha":
+            return []
+        count = int(math.log(epochs / self.grace_period) / math.log(self.reduction_factor) + 1)
+        milestones = (round(self.grace_period * self.reduction_factor**k) for k in range(count))
+        return [m for m in milestones if m < epochs]
+
 
 class FinalConfig(Strict):
     """Finalists: the search's best configurations trained again over fresh seeds."""
@@ -182,6 +192,10 @@ class RunSettings(Strict):
     # Where Tune keeps trial state and checkpoints; None: the run folder. On several nodes: a
     # path every node mounts, or a URI pyarrow opens (s3://bucket/runs, gs://bucket/runs).
     storage: str | None = None
+    # An MLflow tracking server or store to send the run to (http://host:5000, sqlite:///f.db,
+    # a folder): one experiment named after the run, one MLflow run per trial. The `mlflow`
+    # extra installs the client.
+    mlflow: str | None = None
 
     @field_validator("storage")
     @classmethod
@@ -192,6 +206,12 @@ class RunSettings(Strict):
                 "s3://bucket/runs; --storage makes a relative path absolute"
             )
         check_no_credentials(value or "")  # config.yaml and messages would hold them
+        return value
+
+    @field_validator("mlflow")
+    @classmethod
+    def _no_secrets(cls, value: str | None) -> str | None:
+        check_no_credentials(value or "", "MLflow tracking", MLFLOW_SECRETS)
         return value
 
 

@@ -27,6 +27,7 @@ from tuning.config.space import to_optuna  # noqa: E402
 from tuning.results.groups import final_sets, grid_sets, verdict_lines  # noqa: E402
 from tuning.results.outcome import Outcome  # noqa: E402
 from tuning.results.stats import interval_text  # noqa: E402
+from tuning.results.summary import budget_lines  # noqa: E402
 
 MIN_TRIALS_FOR_IMPORTANCE = 2  # with fewer, Optuna calls every dimension equally important
 
@@ -348,6 +349,14 @@ def report_markdown(
     lines += ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     lines += ["| " + " | ".join(cell(t.get(c)) for c in columns) + " |" for t in ranked]
     lines.append("")
+    if config.search.kind != "grid" and trials:
+        rungs = config.scheduler.rungs(config.trial.epochs)
+        lines += [
+            "## How the search spent its budget",
+            "",
+            *[f"- {line}" for line in budget_lines(trials, rungs, config.trial.epochs)],
+            "",
+        ]
     if importances:
         lines += [
             "## Which dimensions mattered",

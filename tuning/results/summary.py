@@ -84,10 +84,11 @@ def search_summary(
     max_epochs: int,
     metric: str,
     *,
+    rungs: list[int] = (),
     finalists: bool = False,
 ) -> str:
-    """The chosen configuration, its scores, and what early stopping saved; with `finalists`,
-    the test set judges their re-runs instead of the chosen trial's checkpoint."""
+    """The chosen configuration, its scores, and where the budget went (`budget_lines`); with
+    `finalists`, the test set judges their re-runs instead of the chosen trial's checkpoint."""
     rows = trials.to_pylist()
     lines = []
     best = next((row for row in rows if row["trial_id"] == best_id), None)
@@ -112,14 +113,33 @@ def search_summary(
             f"  {metric} {best_value:.4f} after {best['epochs_completed']} epochs, {judged}",
         ]
     counts = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in Outcome)
+    lines.append(f"trials: {len(rows)} ({counts})")
+    return "\n".join([*lines, *budget_lines(rows, rungs, max_epochs)])
+
+
+def budget_lines(rows: list[dict], rungs: list[int], max_epochs: int) -> list[str]:
+    """Where a search's epochs and training time went: how many trials reached each of the
+    scheduler's `rungs` and their whole budget, and the share of training time spent on trials
+    a scheduler later stopped."""
     trained = sum(row["epochs_completed"] for row in rows)
-    budget = len(rows) * max_epochs
-    saved = f"{1 - trained / budget:.0%} saved" if budget else ""
-    lines += [
-        f"trials: {len(rows)} ({counts})",
-        f"epochs trained: {trained} of {budget} without early stopping ({saved})",
-    ]
-    return "\n".join(lines)
+    budget = sum(row.get("epochs") or max_epochs for row in rows)
+    saved = f" ({1 - trained / budget:.0%} saved)" if budget else ""
+    lines = [f"epochs trained: {trained} of {budget} without early stopping{saved}"]
+    full = sum(row["epochs_completed"] >= (row.get("epochs") or max_epochs) for row in rows)
+    reached = [f"{sum(r['epochs_completed'] >= rung for r in rows)} epoch {rung}" for rung in rungs]
+    lines.append(
+        f"reached: {', '.join([*reached, f'{full} their whole budget'])} (of {len(rows)} trials)"
+    )
+    total = sum(row["train_time_s"] or 0.0 for row in rows)
+    stopped = sum(
+        row["train_time_s"] or 0.0 for row in rows if row["status"] == Outcome.EARLY_STOPPED
+    )
+    if total:
+        lines.append(
+            f"training time: {stopped / total:.0%} on trials stopped early "
+            f"({stopped:,.0f} of {total:,.0f} s)"
+        )
+    return lines
 
 
 def node_counts(trials: pa.Table) -> dict[str, int]:

@@ -178,6 +178,14 @@ def main(default_config: str, argv: list[str] | None = None) -> int:
         config, folder = open_run(args, default_config)
     except ConfigError as err:
         return refuse(err)
+    if config.run.mlflow:  # an unreachable server is refused before anything is made
+        from tuning.run.tracking import tracking_client
+
+        try:
+            tracking_client(config.run.mlflow)
+        except ConfigError as err:
+            folder.close()
+            return refuse(err)
     # The entry script as it was started (python -m tuning.run_grid gives its path too).
     resume = folder.resume_command(sys.argv[0], args.address, dashboard=not args.no_dashboard)
     # The lock for the whole run; a failed start cleans up.

@@ -99,6 +99,7 @@ def run_finalists(
     reuse_actors: bool = True,
     phases: Phases | None = None,
     verbose: bool = True,
+    callbacks: list[tune.Callback] = (),
 ) -> tune.ResultGrid:
     """Train every finalist's re-runs as one Tune run, or continue the one an interrupted run
     left in `<run>/ray-final` (finished re-runs are not trained again). Without `verbose`, the
@@ -114,7 +115,7 @@ def run_finalists(
     progress = Progress(
         config.metric, config.mode, config.trial.epochs, searched=[*config.search.keys, "seed"]
     )
-    callbacks = [] if verbose else [progress]
+    callbacks = [*callbacks] if verbose else [progress, *callbacks]
     # Each point sets the first one's values again on purpose; Tune would warn once per value.
     variants_log = "ray.tune.search.variant_generator"
     with phases.timed("finalists"), quieter(variants_log, logging.ERROR):
@@ -152,6 +153,7 @@ def finalise(
     reuse_actors: bool = True,
     phases: Phases | None = None,
     verbose: bool = True,
+    callbacks: list[tune.Callback] = (),
 ) -> tuple[list[Finalist], tune.ResultGrid] | None:
     """After a finished search, the finalists and their re-runs' results; None when finalisation
     is off, the run is a grid, or the search was interrupted (its --resume finalises)."""
@@ -179,5 +181,6 @@ def finalise(
         reuse_actors=reuse_actors,
         phases=phases,
         verbose=verbose,
+        callbacks=callbacks,
     )
     return finalists, results

@@ -26,7 +26,6 @@ from tuning.config.credentials import redact
 from tuning.config.logs import quieter
 from tuning.results.groups import verdict_lines, write_groups
 from tuning.results.outcome import Outcome
-from tuning.results.report import write_report
 from tuning.results.summary import (
     finalist_summary,
     grid_table,
@@ -183,6 +182,7 @@ def train(run: Run, search: SearchPlan | None) -> None:
         callbacks.append(Progress.for_config(config))
     if not searches_with_optuna(config):  # Optuna's searcher records its own study
         callbacks.append(StudyRecorder(config, run.run_dir))
+    callbacks += tracking(run, stage="search")
     with run.phases.timed("data_to_object_store"):
         run.shared = tuner.share_data(run.data)  # once: the finalists' trials read it too
     with quieter("optuna", unless=options.verbose):  # no line per study opened
@@ -257,6 +257,7 @@ def finalise(run: Run) -> None:
         reuse_actors=not options.dashboard,
         phases=run.phases,
         verbose=options.verbose,
+        callbacks=tracking(run, stage="finalists"),
     )
     if finals is not None:
         chosen, results = finals
@@ -264,10 +265,27 @@ def finalise(run: Run) -> None:
 
 
 def compare(run: Run, epochs: pa.Table, trials: pa.Table, metadata: dict) -> list[dict]:
-    """`final.parquet` and `groups.parquet`: the groups compared over their seeds."""
-    return write_groups(
+    """`final.parquet` and `groups.parquet`: the groups compared over their seeds; in MLflow
+    too where the run goes there."""
+    groups = write_groups(
         run.run_dir, run.config, epochs=epochs, trials=trials, final=run.final, metadata=metadata
     )
+    if uri := run.config.run.mlflow:
+        from tuning.run.tracking import record_groups
+
+        verdict = verdict_lines(groups, run.config, finalists=run.final is not None)
+        record_groups(uri, run.run_dir.name, groups, verdict)
+    return groups
+
+
+def tracking(run: Run, *, stage: str) -> list[tune.Callback]:
+    """The callback that sends each trial of `stage` to MLflow, where `run.mlflow` is set."""
+    if not (uri := run.config.run.mlflow):
+        return []
+    # Here, not at the top: MLflow is an optional extra.
+    from tuning.run.tracking import MlflowTrials
+
+    return [MlflowTrials(uri, run.run_dir.name, stage, run.config.trial.epochs)]
 
 
 def summarise(run: Run, trials: pa.Table, groups: list[dict]) -> None:
@@ -281,7 +299,7 @@ def summarise(run: Run, trials: pa.Table, groups: list[dict]) -> None:
         value = run.best.metrics.get(config.metric) if run.best else None
         summary = search_summary(
             trials, best_id, value, config.trial.epochs, config.metric,
-            finalists=run.final is not None,
+            rungs=config.scheduler.rungs(config.trial.epochs), finalists=run.final is not None,
         )  # fmt: skip
         logger.info("\n%s", summary)
         if run.final is not None:
@@ -300,6 +318,9 @@ def report(run: Run) -> None:
     """`report.md` and its figures; a warning and exit status 1 when that fails (the tables
     stay)."""
     if run.options.report:
+        # matplotlib loads here, once the trials are gone: the run's peak memory stays theirs.
+        from tuning.results.report import write_report
+
         try:
             write_report(run.run_dir)
         except Exception as err:  # noqa: BLE001 - a report is a view of the tables already written

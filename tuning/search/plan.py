@@ -20,10 +20,9 @@ from ray.tune.search import BasicVariantGenerator, Searcher
 
 from tuning.config import ConfigError, ExperimentConfig
 from tuning.config.keys import TRAINING_ITERATION, nested, param_name
-from tuning.config.logs import quieter
 from tuning.config.space import optuna_space, param_space, to_tune, trial_value
 from tuning.search.searcher import StudySearcher
-from tuning.search.study import STUDY_FILE, study_storage
+from tuning.search.study import STUDY_FILE, open_study
 from tuning.search.warm_start import seed_study
 
 
@@ -93,14 +92,8 @@ def _warm_start(
 def _optuna_searcher(config: ExperimentConfig, points: list[dict], run_dir: Path) -> Searcher:
     """Optuna's TPE over the run's study, in SQLite in the run folder: the study outlives the
     run, resumes, and optuna-dashboard reads it. `run_tuner` limits its concurrency."""
-    with quieter("optuna"):  # no line for the study made
-        study = optuna.create_study(
-            storage=study_storage(run_dir / STUDY_FILE),
-            study_name=run_dir.name,
-            sampler=optuna.samplers.TPESampler(seed=config.search.seed),
-            direction="maximize" if config.mode == "max" else "minimize",
-            load_if_exists=True,  # a warm start made it already
-        )
+    sampler = optuna.samplers.TPESampler(seed=config.search.seed)
+    study = open_study(run_dir, metric=config.metric, mode=config.mode, sampler=sampler)
     return StudySearcher(
         study=study,
         space=optuna_space(config),

@@ -16,6 +16,7 @@ storage pickles no path, and opens the study of the run being resumed (`study_fi
 from __future__ import annotations
 
 import os
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -32,6 +33,7 @@ from tuning.config.keys import (
     TUNE_TRIAL_MARK,
     get_dotted,
 )
+from tuning.config.logs import quieter
 from tuning.config.space import optuna_space
 from tuning.results.outcome import epoch_budget, trial_outcome
 
@@ -91,6 +93,26 @@ def with_schema(path: Path) -> Path:
     return path
 
 
+def open_study(
+    run_dir: Path, *, metric: str, mode: str, sampler: optuna.samplers.BaseSampler | None = None
+) -> optuna.Study:
+    """The run's study in `run_dir/study.db`, named after the run and made if new (a warm
+    start or a resume finds it), its objective named after the run's metric, so that
+    optuna-dashboard's plots say `val_acc` rather than "Objective 0"."""
+    with quieter("optuna"):  # no line for the study made
+        study = optuna.create_study(
+            storage=study_storage(run_dir / STUDY_FILE),
+            study_name=run_dir.name,
+            sampler=sampler,
+            direction="maximize" if mode == "max" else "minimize",
+            load_if_exists=True,
+        )
+    with warnings.catch_warnings():  # set_metric_names is "experimental" in Optuna 5
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        study.set_metric_names([metric])
+    return study
+
+
 def dashboard_command(run_dir: Path) -> str:
     return f"optuna-dashboard {study_url(run_dir)}"
 
@@ -106,12 +128,7 @@ class StudyRecorder(tune.Callback):
     def setup(self, **info) -> None:
         # Here, not in __init__: Tune pickles its callbacks with the run, and a study's
         # database connection does not pickle.
-        self.study = optuna.create_study(
-            storage=study_storage(self.run_dir / STUDY_FILE),
-            study_name=self.run_dir.name,
-            direction="maximize" if self.mode == "max" else "minimize",
-            load_if_exists=True,  # a resumed run goes on in the same study
-        )
+        self.study = open_study(self.run_dir, metric=self.metric, mode=self.mode)
         self.trials: dict[str, optuna.Trial] = {}
 
     def _trial(self, trial) -> optuna.Trial:

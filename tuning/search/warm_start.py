@@ -18,10 +18,9 @@ import pyarrow.parquet as pq
 
 from tuning.config import ConfigError, ExperimentConfig, load_config
 from tuning.config.keys import RUN_MARK, TRIAL_MARK, setting_key
-from tuning.config.logs import quieter
 from tuning.config.space import optuna_space
 from tuning.results.outcome import Outcome
-from tuning.search.study import study_storage
+from tuning.search.study import open_study
 
 RUN_FILE = "config.yaml"
 TABLES = ("trials.parquet", "epochs.parquet")
@@ -91,13 +90,7 @@ def seed_study(config: ExperimentConfig, study_path: Path) -> tuple[str, list[di
                 )
             except ValueError:
                 skipped["outside the space"] += 1
-    with quieter("optuna"):
-        study = optuna.create_study(
-            storage=study_storage(study_path),
-            study_name=study_path.parent.name,  # the study is named after its run
-            direction="maximize" if config.mode == "max" else "minimize",
-            load_if_exists=True,
-        )
+    study = open_study(study_path.parent, metric=config.metric, mode=config.mode)
     study.add_trials(added)
     left = sum(skipped.values())
     reasons = ", ".join(f"{count} {why}" for why, count in sorted(skipped.items()) if count)
