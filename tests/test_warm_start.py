@@ -80,7 +80,7 @@ def test_enough_earlier_trials_mean_tpe_proposes_from_the_start(tmp_path, monkey
     config = search_config(f"search.warm_start=[{earlier}]")
     line, _ = seed_study(config, tmp_path / STUDY_FILE)
     assert "12 finished trials" in line and "random" not in line
-    # As Ray's OptunaSearch opens it: the same name and storage, load_if_exists.
+    # As the search opens it (tuning.search.study.open_study): the same name and storage.
     study = optuna.create_study(
         storage=f"sqlite:///{tmp_path / STUDY_FILE}",
         study_name=tmp_path.name,

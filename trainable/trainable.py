@@ -18,7 +18,7 @@ from trainable.settings import TrialConfig
 @dataclass(frozen=True)
 class SharedData:
     """A `DataBundle` the driver put in Ray's object store itself, so that it can read the
-    same copy as the trials (`tuning.runner.share_data`) instead of keeping its own."""
+    same copy as the trials (`tuning.run.tuner.share_data`) instead of keeping its own."""
 
     ref: ray.ObjectRef
 

@@ -168,7 +168,11 @@ def finalist_summary(final: pa.Table, groups: list[dict], verdict: list[str]) ->
         )
     if groups:
         first = next(r for r in rows if r["finalist"] == groups[0]["finalist"])
-        params = [k for k in first if k not in FINAL_FIELDS and k != "seed"]
+        params = [
+            k
+            for k in first
+            if k not in FINAL_FIELDS and k != "seed" and reads(first.get("model", "mlp"), k)
+        ]
         shown = ", ".join(
             f"{k}={first[k]:.3g}" if isinstance(first[k], float) else f"{k}={first[k]}"
             for k in params
