@@ -139,7 +139,7 @@ def test_the_best_trial_is_judged_once_on_test(ray_session, data, tmp_path):
     best, test_acc = judge_best(results, config, data)
     assert best.metrics["val_acc"] == max(r.metrics["val_acc"] for r in results)
     assert 0.1 < test_acc <= 1
-    _, trials = build_tables(results, config, {best.path.split("/")[-1]: test_acc})
+    _, trials = build_tables(results, config, judged={best.path.split("/")[-1]: test_acc})
     assert sorted(trials.column("test_acc").to_pylist(), key=str) == [test_acc, None]
 
 

@@ -155,6 +155,7 @@ def result_outcome(
 def build_tables(
     results: tune.ResultGrid,
     config: ExperimentConfig,
+    *,
     judged: dict[str, float] | None = None,
     interrupted: set[str] | frozenset[str] = frozenset(),
     trial_configs: dict[str, dict] | None = None,

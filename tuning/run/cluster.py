@@ -37,7 +37,7 @@ def start_ray(
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
         modules = sorted({path for model in ship if (path := user_code(model))})
-        context = connect(address, {"py_modules": modules} if modules else None, quiet)
+        context = connect(address, {"py_modules": modules} if modules else None, quiet=quiet)
     else:
         # "local": a new Ray even where `ray start` left one running. 127.0.0.1 unless asked
         # otherwise: the dashboard has no authentication of its own.
@@ -83,7 +83,9 @@ def logs(quiet: bool) -> dict:
     }
 
 
-def connect(address: str, runtime_env: dict | None = None, quiet: bool = False) -> ray.RayContext:
+def connect(
+    address: str, runtime_env: dict | None = None, *, quiet: bool = False
+) -> ray.RayContext:
     """`ray.init` on an existing cluster, with Ray's connection errors turned into ConfigError."""
     check_reachable(address)
     try:
