@@ -68,6 +68,19 @@ def make_image_folder(
     return root
 
 
+@contextlib.contextmanager
+def importable_module(folder: Path, monkeypatch, name: str, text: str):
+    """`name`.py holding `text` in `folder`, first on sys.path, as the working directory would
+    be; forgotten by Python's import cache before and after."""
+    (folder / f"{name}.py").write_text(text)
+    monkeypatch.syspath_prepend(str(folder))
+    sys.modules.pop(name, None)
+    try:
+        yield folder
+    finally:
+        sys.modules.pop(name, None)
+
+
 def script_command(script: str, *args: str, env: dict | None = None) -> dict:
     """Arguments for subprocess to run an entry script as a user would, with its own Ray;
     `env` adds to the environment."""

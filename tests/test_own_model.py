@@ -10,7 +10,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.conftest import REPO, script_command
+from tests.conftest import REPO, importable_module, script_command
 from trainable.checkpoint import restore_training, training_state
 from trainable.data import DataConfig, load_dataset
 from trainable.families import FAMILIES, ModelError, build_model, check_model, readers
@@ -62,11 +62,8 @@ NOT_CALLABLE = 3
 @pytest.fixture
 def own_module(tmp_path, monkeypatch):
     """`usermodels.py` in a folder on sys.path, as the working directory would be."""
-    (tmp_path / "usermodels.py").write_text(MODULE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop("usermodels", None)
-    yield tmp_path
-    sys.modules.pop("usermodels", None)
+    with importable_module(tmp_path, monkeypatch, "usermodels", MODULE) as folder:
+        yield folder
 
 
 def test_a_function_or_a_class_is_built_with_the_datas_shape_and_model_args(own_module):

@@ -1,7 +1,6 @@
 """The model zoos' builders as they are: `input_shape` only for a builder that names it."""
 
 import subprocess
-import sys
 from pathlib import Path
 
 import optuna
@@ -9,7 +8,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.conftest import REPO, run_script, script_command
+from tests.conftest import REPO, importable_module, run_script, script_command
 from trainable.families import FAMILIES, build_model, load_factory, names_input_shape
 from trainable.settings import TrialConfig
 from tuning.config import check_own_models, load_config
@@ -71,11 +70,8 @@ def activated(input_shape, num_classes, activation="relu"):
 @pytest.fixture
 def zoo_module(tmp_path, monkeypatch):
     """`zoomodels.py` in a folder on sys.path, as the working directory would be."""
-    (tmp_path / "zoomodels.py").write_text(MODULE)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    sys.modules.pop("zoomodels", None)
-    yield tmp_path
-    sys.modules.pop("zoomodels", None)
+    with importable_module(tmp_path, monkeypatch, "zoomodels", MODULE) as folder:
+        yield folder
 
 
 @pytest.mark.parametrize(
