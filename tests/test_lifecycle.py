@@ -167,7 +167,9 @@ def test_a_trial_that_never_started_is_exported_as_interrupted(tmp_path):
 
     config = ExperimentConfig.model_validate(TINY)
     pending = {"t_1": {**config.trial.model_dump(), "lr": 0.01}}
-    epochs, trials = build_tables(Results([Result()]), config, {}, {"t_1"}, pending)
+    epochs, trials = build_tables(
+        Results([Result()]), config, interrupted={"t_1"}, trial_configs=pending
+    )
     (row,) = trials.to_pylist()
     assert (row["status"], row["lr"], row["epochs_completed"]) == ("interrupted", 0.01, 0)
     assert epochs.num_rows == 0
