@@ -37,19 +37,22 @@ def test_flip_mirrors_about_half_the_images_and_nothing_else():
     assert 60 < int(flipped.sum()) < 140
 
 
-def test_crop_shifts_by_at_most_the_padding_with_reflected_borders():
+@pytest.mark.parametrize("padding", [2, 4])
+def test_crop_shifts_by_at_most_the_padding_with_reflected_borders(padding):
     size, images = 8, _images(n=200)
-    out = crop_flip(images, "crop_flip", _gen())
+    out = crop_flip(images, "crop_flip", _gen(), padding)
+    shifts = []
     for n in range(len(images)):
         image = out[n]
         if image[0, 0, 0] > image[0, 0, -1]:  # mirrored (rows count up left to right)
             image = image.flip(2)
-        # The pixel at the centre came from within 4 pixels of it.
+        # The pixel at the centre came from within `padding` pixels of it.
         source = int(image[0, size // 2, size // 2]) - n
         row, col = divmod(source, size)
-        assert abs(row - size // 2) <= 4 and abs(col - size // 2) <= 4
+        shifts.append(max(abs(row - size // 2), abs(col - size // 2)))
         # Inside the image each row/column is a shifted copy of the original's.
         assert set(image.flatten().tolist()) <= set(images[n].flatten().tolist())
+    assert max(shifts) == padding  # every shift up to the padding occurs, none beyond
     shifted = sum(
         not torch.equal(crop_flip(images[i : i + 1], "crop_flip", _gen(i)), images[i : i + 1])
         for i in range(20)

@@ -4,6 +4,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
@@ -112,3 +113,24 @@ def test_the_report_states_each_ratio_the_issue_asks_for():
     assert "Python start and imports" in text and "8.5 s" in text  # 60 - 51.5 in the phases
     # 45000 images x 5 epochs x 3 trials / 35 s covered = 19,286 img/s; floor 100,000 img/s.
     assert "19,286 img/s" in text and "5.19x away" in text
+
+
+def test_the_search_benchmark_takes_each_seeds_best_full_budget_value_by_then():
+    from search_efficiency import curve, summarise
+
+    points = [
+        {"t": 50.0, "val_acc": 0.5},
+        {"t": 120.0, "val_acc": 0.45},
+        {"t": 200, "val_acc": 0.6},
+    ]
+    assert curve(points, [40, 50, 150, 250]) == [None, 0.5, 0.5, 0.6]
+    runs = [
+        {"method": "default", "seed": 0, "points": points, "test_acc": 0.59, "wall_s": 200},
+        {"method": "default", "seed": 1, "points": points[:2], "test_acc": 0.49, "wall_s": 210},
+        {"method": "random", "seed": 0, "points": [], "test_acc": None, "wall_s": 230},
+    ]
+    summary = summarise(runs)  # up to 200 s, the shortest run
+    assert summary["default"]["final_val_mean"] == pytest.approx(0.55)
+    assert summary["default"]["test_mean"] == pytest.approx(0.54)
+    assert summary["default"]["full_budget_trials"] == 2.5
+    assert summary["random"]["final_val_mean"] is None  # no trial trained the full budget

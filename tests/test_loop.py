@@ -167,3 +167,28 @@ def test_divergence_stops_the_epoch_early(data):
     metrics = training.train_epoch()
     assert metrics["diverged"]
     assert len(steps) < len(data.train_y) // 10  # stopped well before the epoch's end
+
+
+@pytest.mark.parametrize("split", ["val", "test"])
+def test_flip_tta_scores_the_mean_of_an_image_and_its_mirror(data, split):
+    import torch.nn.functional as F
+
+    plain = Training(trial(augment="flip"), data, torch.device("cpu"))
+    plain.train_epoch()
+    mirrored = Training(trial(augment="flip", tta="flip"), data, torch.device("cpu"))
+    mirrored.model.load_state_dict(plain.model.state_dict())
+    images, labels = getattr(plain.data, split)
+    with torch.inference_mode():
+        probs = [
+            F.softmax(plain.model(plain.data.normalise(x)), 1) for x in (images, images.flip(3))
+        ]
+        mean = (probs[0] + probs[1]) / 2
+        single = F.cross_entropy(plain.model(plain.data.normalise(images)), labels)
+    expected_acc = (mean.argmax(1) == labels).float().mean().item()
+    expected_loss = F.nll_loss(mean.log(), labels).item()
+    scored = mirrored.evaluate(split)
+    assert scored[f"{split}_acc"] == pytest.approx(expected_acc)
+    assert scored[f"{split}_loss"] == pytest.approx(expected_loss, rel=1e-5)
+    # Without it, the plain cross-entropy of the image alone, as before.
+    assert plain.evaluate(split)[f"{split}_loss"] == pytest.approx(single.item(), rel=1e-6)
+    assert scored[f"{split}_loss"] != pytest.approx(single.item(), rel=1e-4)

@@ -12,7 +12,7 @@ from tests.conftest import run_script
 from tests.test_cluster import AUTH, cluster  # noqa: F401  (the two-node cluster fixture)
 from tests.test_search import tiny
 from trainable.data import load_dataset
-from tuning.config.keys import TUNE_TRIAL_MARK
+from tuning.config.keys import PROMOTES_MARK, TUNE_TRIAL_MARK
 from tuning.results.tune_logs import build_tables
 from tuning.run.tuner import run_tuner
 from tuning.search.plan import build_plan
@@ -95,6 +95,37 @@ def test_asha_stops_are_pruned_trials_in_the_study(ray_session, data, tmp_path):
             assert recorded.state == PRUNED and row["epochs_completed"] < 3
         else:
             assert recorded.state == COMPLETE and row["epochs_completed"] == 3
+
+
+def test_halving_retrains_the_best_of_a_rung_with_the_next_budget(ray_session, data, tmp_path):
+    config = tiny(
+        trial={"epochs": 4, "lr": 3e-3},
+        search={
+            "kind": "optuna",
+            "space": {"lr": {"loguniform": [1e-5, 1e-2]}},
+            "num_samples": 10,
+            "max_concurrent": 2,
+        },
+        scheduler={"kind": "halving", "grace_period": 1, "reduction_factor": 2},
+    )
+    epochs, trials, studied = search(config, data, tmp_path)
+    assert {row["status"] for row in trials} == {"completed"}
+    assert all(row["epochs_completed"] == row["epochs"] for row in trials)  # its own budget
+    by_number = {t.number: t for t in studied.values()}
+    promoted = [row for row in trials if row["epochs"] > 1]
+    assert promoted and {row["epochs"] for row in trials} <= {1, 2, 4}
+    for row in trials:
+        recorded = studied[row["trial_id"]]
+        assert recorded.state == (COMPLETE if row["epochs"] == 4 else PRUNED)
+        if row["epochs"] == 1:
+            assert PROMOTES_MARK not in recorded.user_attrs  # a new configuration
+            continue
+        source = by_number[recorded.user_attrs[PROMOTES_MARK]]
+        assert source.params == recorded.params  # the same configuration, trained again
+        assert max(source.intermediate_values) == row["epochs"] // 2  # from the rung below
+        # Trained afresh, every epoch of its own budget from the first.
+        trained = [e["epoch"] for e in epochs if e["trial_id"] == row["trial_id"]]
+        assert trained == list(range(1, row["epochs"] + 1))
 
 
 def test_pbt_changes_a_trials_lr_between_its_epochs(ray_session, data, tmp_path):

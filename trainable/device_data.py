@@ -29,6 +29,7 @@ class DeviceData:
     ) -> None:
         self.device = device
         self.augment, self.cutout = trial.augment, trial.cutout
+        self.crop_padding = trial.crop_padding
         self.channels_last = channels_last
         self.train = (as_tensor(data.train_x, device), as_tensor(data.train_y, device))
         self.val = (as_tensor(data.val_x, device), as_tensor(data.val_y, device))
@@ -75,7 +76,7 @@ class DeviceData:
         # Crops and flips on uint8, before normalising; cutout after, so its 0 is the mean.
         # index_select, not images[batch]: a tenth of the time for the same rows.
         x = self.train[0].index_select(0, batch)
-        x = crop_flip(x, self.augment, self.augment_rng)
+        x = crop_flip(x, self.augment, self.augment_rng, self.crop_padding)
         x = self.normalise(x, out=self.batch_buffer(x))
         if self.cutout:
             x = cutout(x, self.cutout, self.augment_rng)

@@ -133,6 +133,18 @@ class Training:
         for group in self.optimizer.param_groups:
             group["lr"] = lr
 
+    def log_probs(self, images: torch.Tensor) -> torch.Tensor:
+        """The model's log-probabilities (float32) for uint8 `images`, with the trial's
+        test-time augmentation: for flip, the mean of the image's and its mirror's."""
+        with self.autocast():
+            logits = self.model(self.data.normalise(images))
+        log_probs = logits.float().log_softmax(1)
+        if self.trial.tta == "flip":
+            with self.autocast():
+                mirrored = self.model(self.data.normalise(images.flip(3))).float().log_softmax(1)
+            log_probs = torch.logaddexp(log_probs, mirrored) - math.log(2)
+        return log_probs
+
     @torch.inference_mode()
     def evaluate(self, split: str) -> dict[str, float]:
         """Mean loss and accuracy on `split` ("val" or "test") in large batches."""
@@ -141,11 +153,10 @@ class Training:
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), dtype=torch.long, device=self.device)
         for x, y in zip(images.split(EVAL_BATCH), labels.split(EVAL_BATCH), strict=True):
-            with self.autocast():
-                logits = self.model(self.data.normalise(x))
             # The loss in float32 and without label smoothing: comparable across trials.
-            loss_sum += F.cross_entropy(logits.float(), y, reduction="sum")
-            correct += (logits.argmax(1) == y).sum()
+            log_probs = self.log_probs(x)
+            loss_sum += F.nll_loss(log_probs, y, reduction="sum")
+            correct += (log_probs.argmax(1) == y).sum()
         return {
             f"{split}_loss": loss_sum.item() / len(labels),
             f"{split}_acc": correct.item() / len(labels),

@@ -15,6 +15,7 @@ Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["constant", "cosine", "onecycle"]  # trainable/schedules.py
 Augment = Literal["none", "flip", "crop_flip"]  # trainable/augment.py
 Normalize = Literal["channel", "none"]
+TestTimeAugment = Literal["none", "flip"]  # trainable/loop.py: Training.evaluate
 
 
 class Strict(BaseModel):
@@ -57,9 +58,15 @@ class TrainingSettings(BaseModel):
     schedule: Schedule = "constant"  # cosine, onecycle: lr → 0 at the last batch
     warmup: float = Field(0.0, ge=0)  # epochs of linear warm-up from 0 to lr, before the schedule
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # training loss only; val/test loss are plain
-    augment: Augment = "none"  # training batches only: flips; crops of the 4-px padded image
+    augment: Augment = "none"  # training batches only: flips; crops of the padded image
+    # crop_flip: pixels of (reflected) padding each side, so shifts of up to this many pixels;
+    # 2 is airbench's translation, milder than the classic 4 for a model that must fit fast
+    crop_padding: int = Field(4, ge=1)
     cutout: int = Field(0, ge=0)  # side in pixels of a square zeroed in each training image
     normalize: Normalize = "channel"  # channel: train split's mean/std; none: [0, 1] only
+    # test-time augmentation, val and test alike: flip also scores each image's mirror and
+    # averages the two predicted distributions (for a model trained on flips)
+    tta: TestTimeAugment = "none"
     seed: int = 0  # initialisation, shuffling, augmentation and dropout
 
 

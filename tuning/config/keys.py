@@ -21,6 +21,7 @@ PARAM_SEPARATOR = "/"
 RUN_MARK, TRIAL_MARK = "warm_start_run", "warm_start_trial_id"
 TUNE_TRIAL_MARK = "tune_trial_id"
 RESUMES_MARK = "resumes"
+PROMOTES_MARK = "promotes"  # halving: the study trial whose rung result earned this one
 
 __all__ = ["MODEL_ARGS"]  # re-exported: the trial field of a user's model's arguments
 

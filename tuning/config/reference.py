@@ -102,6 +102,7 @@ def reference() -> str:
     search = ExperimentConfig.model_fields["search"].annotation
     distribution = search.model_fields["space"].annotation.__args__[1]
     parts += ["", section("search.space.<key>", distribution)]
+    parts += ["", section("search.tpe", search.model_fields["tpe"].annotation)]
     return "\n".join(parts) + "\n"
 
 

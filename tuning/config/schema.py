@@ -63,6 +63,18 @@ class Distribution(Strict):
         return list(self.args) if self.kind == "choice" else list(self.args[:2])
 
 
+class TPEConfig(Strict):
+    """Optuna's TPE sampler (kind optuna)."""
+
+    # One joint density over all dimensions rather than one per dimension: it sees that a
+    # good lr depends on the batch size and the optimiser.
+    multivariate: bool = True
+    # Trials still running count as bad ones while the next is proposed: two trials started
+    # together are not proposed into the same spot.
+    constant_liar: bool = True
+    startup_trials: int = Field(10, ge=0)  # random proposals before TPE models the results
+
+
 class SearchConfig(Strict):
     kind: Literal["grid", "optuna", "random"] = "grid"
     grid: dict[str, list[Any]] = Field(default_factory=dict)  # kind grid: field → values to cross
@@ -74,6 +86,7 @@ class SearchConfig(Strict):
     evaluate_trial_first: bool = True  # first try the `trial` section's point (the original's)
     # Run folders whose finished trials an Optuna search starts from (also --warm-start).
     warm_start: list[str] = Field(default_factory=list)
+    tpe: TPEConfig = Field(default_factory=TPEConfig)
 
     @property
     def keys(self) -> list[str]:
@@ -151,16 +164,29 @@ def _trial_value(key: str, value: Any) -> Any:
 class SchedulerConfig(Strict):
     """Early stopping, in epochs; `max_t` is always the trial's `epochs`."""
 
-    kind: Literal["asha", "median", "hyperband", "pbt", "fifo"] | None = None  # None: see below
+    # None: see below. halving: successive halving by retraining (tuning/search/halving.py),
+    # Optuna searches only
+    kind: Literal["halving", "asha", "median", "hyperband", "pbt", "fifo"] | None = None
     grace_period: int = Field(1, ge=1)  # epochs every trial gets before it can be stopped
-    reduction_factor: float = Field(3, gt=1)  # asha, hyperband: keep 1/factor at each rung
+    reduction_factor: float = Field(3, gt=1)  # halving, asha, hyperband: keep 1/factor a rung
     min_samples_required: int = Field(3, ge=1)  # median: trials needed to compare against
     perturbation_interval: int = Field(1, ge=1)  # pbt: epochs between exploit/explore steps
     quantile_fraction: float = Field(0.25, gt=0, le=0.5)  # pbt: bottom part copies the top
 
+    @property
+    def retrains(self) -> bool:
+        """Whether trials train rung budgets of their own (halving): a rung's value then ranks
+        below any value of a larger budget, whatever the numbers."""
+        return self.kind == "halving"
+
     def rungs(self, epochs: int) -> list[int]:
-        """The epochs at which ASHA compares trials below a budget of `epochs` (Tune's
-        milestones: grace_period × reduction_factor^k); none for another scheduler."""
+        """The epochs at which trials are compared below a budget of `epochs`: ASHA's
+        milestones (grace_period × reduction_factor^k, Tune's), halving's smaller budgets
+        (epochs / reduction_factor^k, down to grace_period); none for another scheduler."""
+        if self.kind == "halving":
+            count = int(math.log(epochs / self.grace_period) / math.log(self.reduction_factor))
+            budgets = {round(epochs / self.reduction_factor**k) for k in range(1, count + 1)}
+            return sorted(b for b in budgets if self.grace_period <= b < epochs)
         if self.kind != "asha":
             return []
         count = int(math.log(epochs / self.grace_period) / math.log(self.reduction_factor) + 1)
@@ -250,6 +276,14 @@ class ExperimentConfig(Strict):
         epochs = max([self.trial.epochs, *self.search.grid.get("epochs", [])])
         self._check_warmup()
         self._check_family_fields()
+        if self.scheduler.kind == "halving" and (
+            self.search.kind != "optuna" or "epochs" in self.search.space
+        ):
+            raise ValueError(
+                "scheduler.kind 'halving' sets each trial's epochs itself and needs Optuna's "
+                "searcher to promote trials: use search.kind 'optuna' without 'epochs' in "
+                "search.space, or scheduler.kind 'asha'"
+            )
         if self.scheduler.kind != "fifo" and self.scheduler.grace_period >= epochs:
             raise ValueError(
                 f"scheduler.grace_period ({self.scheduler.grace_period}) must be below "

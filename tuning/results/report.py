@@ -354,7 +354,12 @@ def report_markdown(
         lines += [
             "## How the search spent its budget",
             "",
-            *[f"- {line}" for line in budget_lines(trials, rungs, config.trial.epochs)],
+            *[
+                f"- {line}"
+                for line in budget_lines(
+                    trials, rungs, config.trial.epochs, retrains=config.scheduler.retrains
+                )
+            ],
             "",
         ]
     if importances:

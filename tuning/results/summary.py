@@ -85,6 +85,7 @@ def search_summary(
     metric: str,
     *,
     rungs: list[int] = (),
+    retrains: bool = False,
     finalists: bool = False,
 ) -> str:
     """The chosen configuration, its scores, and where the budget went (`budget_lines`); with
@@ -114,13 +115,18 @@ def search_summary(
         ]
     counts = ", ".join(f"{sum(r['status'] == s for r in rows)} {s}" for s in Outcome)
     lines.append(f"trials: {len(rows)} ({counts})")
-    return "\n".join([*lines, *budget_lines(rows, rungs, max_epochs)])
+    return "\n".join([*lines, *budget_lines(rows, rungs, max_epochs, retrains=retrains)])
 
 
-def budget_lines(rows: list[dict], rungs: list[int], max_epochs: int) -> list[str]:
+def budget_lines(
+    rows: list[dict], rungs: list[int], max_epochs: int, *, retrains: bool = False
+) -> list[str]:
     """Where a search's epochs and training time went: how many trials reached each of the
     scheduler's `rungs` and their whole budget, and the share of training time spent on trials
-    a scheduler later stopped."""
+    a scheduler later stopped. With `retrains` (halving) each trial trains a rung's budget of
+    its own: how many trained each, and the time on those below the full budget."""
+    if retrains:
+        return _rung_budget_lines(rows, rungs, max_epochs)
     trained = sum(row["epochs_completed"] for row in rows)
     budget = sum(row.get("epochs") or max_epochs for row in rows)
     saved = f" ({1 - trained / budget:.0%} saved)" if budget else ""
@@ -138,6 +144,33 @@ def budget_lines(rows: list[dict], rungs: list[int], max_epochs: int) -> list[st
         lines.append(
             f"training time: {stopped / total:.0%} on trials stopped early "
             f"({stopped:,.0f} of {total:,.0f} s)"
+        )
+    return lines
+
+
+def _rung_budget_lines(rows: list[dict], rungs: list[int], max_epochs: int) -> list[str]:
+    trained = sum(row["epochs_completed"] for row in rows)
+    done = [row for row in rows if row["status"] == Outcome.COMPLETED]
+    per_rung = [
+        f"{sum(row['epochs'] == budget for row in done)} at "
+        f"{'the full ' if budget == max_epochs else ''}{budget}"
+        for budget in [*rungs, max_epochs]
+    ]
+    per_rung[0] += " epochs"
+    lines = [
+        f"epochs trained: {trained}",
+        f"trials per rung: {', '.join(per_rung)} (of {len(rows)} trials)",
+    ]
+    total = sum(row["train_time_s"] or 0.0 for row in rows)
+    below = sum(
+        row["train_time_s"] or 0.0
+        for row in rows
+        if row["status"] != Outcome.COMPLETED or row["epochs"] < max_epochs
+    )
+    if total:
+        lines.append(
+            f"training time: {below / total:.0%} on trials below the full budget "
+            f"({below:,.0f} of {total:,.0f} s)"
         )
     return lines
 

@@ -64,17 +64,25 @@ def select_finalists(results: tune.ResultGrid, config: ExperimentConfig) -> list
         if not math.isfinite(value):
             continue
         complete = outcome == Outcome.COMPLETED
-        candidates.append((complete, Path(result.path).name, result.config, value))
+        if config.scheduler.retrains:  # a rung's budget is not the full one
+            complete = complete and len(epochs) >= config.trial.epochs
+        # Where trials train rung budgets, one trained further ranks first (a rung's value is
+        # not comparable with a longer run's); elsewhere the value alone ranks.
+        further = -len(epochs) if config.scheduler.retrains else 0
+        candidates.append((complete, further, Path(result.path).name, result.config, value))
     full = [c for c in candidates if c[0]]
     pool = full if len(full) >= top_k else candidates
-    pool.sort(key=lambda c: (sign * c[3], c[1]))
+    pool.sort(key=lambda c: (c[1], sign * c[4], c[2]))
     finalists, seen = [], set()
-    for _, trial_id, trial_config, value in pool:
+    for _, _, trial_id, trial_config, value in pool:
+        trial_config = dict(trial_config)
+        if config.scheduler.retrains:  # a finalist trains the full budget, whatever its rung
+            trial_config["epochs"] = config.trial.epochs
         key = settings_key(trial_config)
         if key in seen:  # Optuna may propose one configuration twice
             continue
         seen.add(key)
-        finalists.append(Finalist(len(finalists) + 1, trial_id, dict(trial_config), value))
+        finalists.append(Finalist(len(finalists) + 1, trial_id, trial_config, value))
         if len(finalists) == top_k:
             break
     return finalists

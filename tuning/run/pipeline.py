@@ -225,7 +225,7 @@ def judge(run: Run) -> None:
     if run.config.search.kind == "grid" or run.interrupted:
         return
     if run.config.final.top_k:
-        run.best = tuner.best_result(run.results)
+        run.best = tuner.best_result(run.results, run.config)
         return
     try:
         with run.phases.timed("judge_best"):
@@ -299,7 +299,8 @@ def summarise(run: Run, trials: pa.Table, groups: list[dict]) -> None:
         value = run.best.metrics.get(config.metric) if run.best else None
         summary = search_summary(
             trials, best_id, value, config.trial.epochs, config.metric,
-            rungs=config.scheduler.rungs(config.trial.epochs), finalists=run.final is not None,
+            rungs=config.scheduler.rungs(config.trial.epochs),
+            retrains=config.scheduler.retrains, finalists=run.final is not None,
         )  # fmt: skip
         logger.info("\n%s", summary)
         if run.final is not None:

@@ -19,6 +19,7 @@ from ray.tune.search import ConcurrencyLimiter, Searcher
 from trainable.data import DataBundle
 from trainable.trainable import CifarTrainable, SharedData, evaluate_checkpoint
 from tuning.config import ExperimentConfig
+from tuning.config.keys import TRAINING_ITERATION
 from tuning.config.logs import quieter
 from tuning.run.cluster import trial_nodes
 from tuning.run.storage import tune_location, tune_storage
@@ -246,12 +247,21 @@ def run_config(
     )
 
 
-def best_result(results: tune.ResultGrid) -> tune.Result | None:
-    """The best trial by the run's metric at its last epoch; None when no trial reported it."""
-    try:
-        return results.get_best_result(scope="last", filter_nan_and_inf=True)
-    except RuntimeError:
+def best_result(results: tune.ResultGrid, config: ExperimentConfig) -> tune.Result | None:
+    """The best trial by the run's metric at its last epoch; None when no trial reported it.
+    Where trials train rung budgets of their own, the best of those trained furthest."""
+    candidates = [
+        r
+        for r in results
+        if isinstance(v := r.metrics.get(config.metric), (int, float)) and np.isfinite(v)
+    ]
+    if config.scheduler.retrains and candidates:
+        furthest = max(r.metrics.get(TRAINING_ITERATION, 0) for r in candidates)
+        candidates = [r for r in candidates if r.metrics.get(TRAINING_ITERATION, 0) == furthest]
+    if not candidates:
         return None
+    pick = max if config.mode == "max" else min
+    return pick(candidates, key=lambda r: r.metrics[config.metric])
 
 
 def judge_best(
@@ -259,7 +269,7 @@ def judge_best(
 ) -> tuple[tune.Result, float | None] | None:
     """The best trial and its last checkpoint's test accuracy: the one time a search's choice
     meets the test set when no finalists judge it."""
-    best = best_result(results)
+    best = best_result(results, config)
     if best is None:
         return None
     if best.checkpoint is None:

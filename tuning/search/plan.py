@@ -21,6 +21,7 @@ from ray.tune.search import BasicVariantGenerator, Searcher
 from tuning.config import ConfigError, ExperimentConfig
 from tuning.config.keys import TRAINING_ITERATION, nested, param_name
 from tuning.config.space import optuna_space, param_space, to_tune, trial_value
+from tuning.search.halving import Rungs
 from tuning.search.searcher import StudySearcher
 from tuning.search.study import STUDY_FILE, open_study
 from tuning.search.warm_start import seed_study
@@ -92,20 +93,37 @@ def _warm_start(
 def _optuna_searcher(config: ExperimentConfig, points: list[dict], run_dir: Path) -> Searcher:
     """Optuna's TPE over the run's study, in SQLite in the run folder: the study outlives the
     run, resumes, and optuna-dashboard reads it. `run_tuner` limits its concurrency."""
-    sampler = optuna.samplers.TPESampler(seed=config.search.seed)
+    tpe = config.search.tpe
+    sampler = optuna.samplers.TPESampler(
+        seed=config.search.seed,
+        multivariate=tpe.multivariate,
+        constant_liar=tpe.constant_liar,
+        n_startup_trials=tpe.startup_trials,
+    )
     study = open_study(run_dir, metric=config.metric, mode=config.mode, sampler=sampler)
+    epochs, scheduler = config.trial.epochs, config.scheduler
+    rungs = None
+    if scheduler.kind == "halving":
+        rungs = Rungs(
+            budgets=[*scheduler.rungs(epochs), epochs],
+            reduction_factor=scheduler.reduction_factor,
+            maximize=config.mode == "max",
+        )
     return StudySearcher(
         study=study,
         space=optuna_space(config),
         metric=config.metric,
         mode=config.mode,
-        epochs=config.trial.epochs,
+        epochs=epochs,
         points=points,
+        rungs=rungs,
     )
 
 
 def _scheduler(config: ExperimentConfig) -> TrialScheduler:
     s, max_t = config.scheduler, config.trial.epochs
+    if s.kind == "halving":
+        return FIFOScheduler()  # the searcher sets each trial's budget (tuning/search/halving.py)
     if s.kind == "asha":
         return ASHAScheduler(
             time_attr=TRAINING_ITERATION,

@@ -4,8 +4,11 @@ Optuna's ask-and-tell.
 Each Tune trial is a trial of the run's study (`study.db`): asked when Tune wants a
 configuration, its metric reported at every epoch, told at its end with the state its
 `Outcome` maps to (a trial a scheduler stopped is PRUNED, not COMPLETE level with trials that
-trained their whole budget). A trial an interruption ended (FAIL) that a resumed run continues
-goes on as a new study trial with the same parameters, marked with the one it resumes.
+trained their whole budget). With `rungs` (successive halving, tuning/search/halving.py) the
+searcher also sets each trial's budget: a promotion or a new configuration at the first rung; a
+trial that finished a rung below the full budget is PRUNED there. A trial an interruption ended
+(FAIL) that a resumed run continues goes on as a new study trial with the same parameters,
+marked with the one it resumes.
 """
 
 from __future__ import annotations
@@ -19,12 +22,14 @@ from ray.tune.search import Searcher
 from tuning.config.keys import (
     EPOCH,
     PARAM_SEPARATOR,
+    PROMOTES_MARK,
     RESUMES_MARK,
     TRAINING_ITERATION,
     TUNE_TRIAL_MARK,
     nested,
 )
-from tuning.results.outcome import epoch_budget, trial_outcome
+from tuning.results.outcome import Outcome, epoch_budget, trial_outcome
+from tuning.search.halving import Rungs
 
 
 class StudySearcher(Searcher):
@@ -40,13 +45,18 @@ class StudySearcher(Searcher):
         mode: str,
         epochs: int,
         points: list[dict[str, Any]] = (),
+        rungs: Rungs | None = None,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
-        self.study, self.space, self.epochs = study, space, epochs
-        for point in points:
-            study.enqueue_trial(point)
+        self.study, self.space, self.epochs, self.rungs = study, space, epochs, rungs
+        # Enqueued one at a time, just before their ask: a promotion's enqueue must not queue
+        # behind them.
+        self.points = list(points)
         self.trials: dict[str, optuna.Trial] = {}  # Tune's trial id → its running study trial
         self.reported: dict[str, int] = {}  # Tune's trial id → the last epoch reported
+        # Tune's trial id → the budget `suggest` set (halving): the result Tune hands to
+        # `on_trial_complete` carries no config.
+        self.budgets: dict[str, int] = {}
 
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         # The space comes translated (tuning.config.space); Tune's samplers in `config` are
@@ -54,10 +64,20 @@ class StudySearcher(Searcher):
         return True
 
     def suggest(self, trial_id: str) -> dict[str, Any]:
+        promotion = self.rungs.promotion() if self.rungs else None
+        if promotion:
+            self.study.enqueue_trial(promotion.params, user_attrs={PROMOTES_MARK: promotion.number})
+        elif self.points:
+            self.study.enqueue_trial(self.points.pop(0))
         trial = self.study.ask(self.space)
         trial.set_user_attr(TUNE_TRIAL_MARK, trial_id)
         self.trials[trial_id] = trial
-        return nested(trial.params, sep=PARAM_SEPARATOR)
+        config = nested(trial.params, sep=PARAM_SEPARATOR)
+        if self.rungs:
+            config["epochs"] = self.budgets[trial_id] = (
+                promotion.budget if promotion else self.rungs.first
+            )
+        return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
         self._report(trial_id, result)
@@ -71,13 +91,20 @@ class StudySearcher(Searcher):
         self._report(trial_id, result)  # Tune hands the last epoch's result to this call alone
         trial = self.trials.pop(trial_id)
         self.reported.pop(trial_id, None)
+        budget = self.budgets.pop(trial_id, None) or epoch_budget(
+            result.get("config", {}), self.epochs
+        )
         outcome = trial_outcome(
             error=error,
             diverged=bool(result.get("diverged")),
             epochs=result.get(EPOCH, 0),
-            budget=epoch_budget(result.get("config", {}), self.epochs),
+            budget=budget,
         )
         state = optuna.trial.TrialState[outcome.study_state]
+        if self.rungs and outcome in (Outcome.COMPLETED, Outcome.DIVERGED):
+            self.rungs.record(trial.number, trial.params, budget, result.get(self.metric))
+            if budget < self.epochs:  # a rung below the full budget: TPE ranks it by its step
+                state = optuna.trial.TrialState.PRUNED
         value = result.get(self.metric) if state == optuna.trial.TrialState.COMPLETE else None
         self.study.tell(trial, value, state=state, skip_if_finished=True)
 

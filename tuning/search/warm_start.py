@@ -24,7 +24,6 @@ from tuning.search.study import open_study
 
 RUN_FILE = "config.yaml"
 TABLES = ("trials.parquet", "epochs.parquet")
-STARTUP = 10  # TPESampler's n_startup_trials: random proposals until the study holds this many
 
 
 def earlier_trials(folder: Path, config: ExperimentConfig) -> tuple[list[dict], int]:
@@ -99,6 +98,7 @@ def seed_study(config: ExperimentConfig, study_path: Path) -> tuple[str, list[di
         f"warm start: {len(added)} finished trials of {runs} added to the study "
         f"({', '.join(map(str, folders))}); {left} left out{f' ({reasons})' if left else ''}"
     )
-    if 0 < len(study.trials) < STARTUP:
-        line += f"; TPE's first {STARTUP - len(study.trials)} proposals are still random ones"
+    # TPE proposes at random until the study holds its start-up trials.
+    if 0 < len(study.trials) < (startup := config.search.tpe.startup_trials):
+        line += f"; TPE's first {startup - len(study.trials)} proposals are still random ones"
     return line, [t.params for t in added]

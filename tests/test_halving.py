@@ -1,0 +1,111 @@
+"""Successive halving by retraining: no configuration passes a rung for arriving first, the
+best of each rung trains again with the next budget, and the searcher's rungs survive a save
+and restore (a resumed search continues them)."""
+
+import math
+
+import optuna
+import pytest
+from pydantic import ValidationError
+
+from tuning.config import ExperimentConfig
+from tuning.config.keys import PROMOTES_MARK
+from tuning.config.schema import SchedulerConfig
+from tuning.results.summary import budget_lines
+from tuning.search.halving import Rungs
+from tuning.search.searcher import StudySearcher
+
+COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
+
+
+@pytest.mark.parametrize(
+    "epochs, grace, factor, rungs",
+    [(10, 1, 3, [1, 3]), (15, 1, 3, [2, 5]), (10, 2, 3, [3]), (12, 1, 2, [2, 3, 6])],
+)
+def test_halving_budgets_shrink_from_the_full_one_down_to_the_grace_period(
+    epochs, grace, factor, rungs
+):
+    scheduler = SchedulerConfig(kind="halving", grace_period=grace, reduction_factor=factor)
+    assert scheduler.rungs(epochs) == rungs
+    assert scheduler.retrains and not SchedulerConfig(kind="asha").retrains
+
+
+def test_a_rung_promotes_nobody_until_it_holds_reduction_factor_trials():
+    rungs = Rungs(budgets=[1, 3, 9], reduction_factor=3, maximize=True)
+    rungs.record(0, {"lr": 0}, 1, 0.9)  # the first arrival, and the best: still waits
+    rungs.record(1, {"lr": 1}, 1, 0.2)
+    assert rungs.promotion() is None
+    rungs.record(2, {"lr": 2}, 1, 0.5)
+    promoted = rungs.promotion()
+    assert (promoted.params, promoted.number, promoted.budget) == ({"lr": 0}, 0, 3)
+    assert rungs.promotion() is None  # one of three: once
+
+
+def test_the_highest_rung_promotes_first_and_a_value_that_is_not_finite_never():
+    rungs = Rungs(budgets=[1, 3, 9], reduction_factor=2, maximize=False)  # a loss
+    for number, value in enumerate([0.5, 0.4]):
+        rungs.record(number, {"n": number}, 1, value)
+    for number, value in [(10, math.nan), (11, 0.9)]:
+        rungs.record(number, {"n": number}, 3, value)
+    assert rungs.promotion().budget == 9  # rung 3 before rung 1
+    assert rungs.promotion().params == {"n": 1}  # the lower loss at rung 1
+    rungs.record(12, {"n": 12}, 3, None)
+    assert rungs.promotion() is None  # rung 3's best two: one promoted, one without a value
+
+
+def test_halving_needs_optuna_and_epochs_left_to_it():
+    base = {"trial": {"epochs": 9}, "scheduler": {"kind": "halving"}}
+    space = {"lr": {"loguniform": [1e-4, 1e-2]}}
+    for search in (
+        {"kind": "random", "space": space},
+        {"kind": "optuna", "space": {**space, "epochs": {"choice": [3, 9]}}},
+    ):
+        with pytest.raises(ValidationError, match="halving"):
+            ExperimentConfig.model_validate({**base, "search": search})
+
+
+def finish(searcher: StudySearcher, trial_id: str, config: dict, value: float) -> None:
+    result = {"val_acc": value, "training_iteration": config["epochs"], "epoch": config["epochs"]}
+    searcher.on_trial_result(trial_id, result)
+    searcher.on_trial_complete(trial_id, result)
+
+
+def test_the_searcher_sets_budgets_promotes_and_keeps_its_rungs_over_a_restore(tmp_path):
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
+    space = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
+    searcher = StudySearcher(
+        study=study, space=space, metric="val_acc", mode="max", epochs=9,
+        points=[{"lr": 0.001}], rungs=Rungs(budgets=[1, 3, 9], reduction_factor=3, maximize=True),
+    )  # fmt: skip
+    configs = {f"t{i}": searcher.suggest(f"t{i}") for i in range(3)}
+    assert configs["t0"] == {"lr": 0.001, "epochs": 1}  # the first point, at the first rung
+    assert {c["epochs"] for c in configs.values()} == {1}
+    for value, trial_id in zip([0.3, 0.6, 0.4], configs, strict=True):
+        finish(searcher, trial_id, configs[trial_id], value)
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = StudySearcher.__new__(StudySearcher)  # as Tune unpickles it, then restores
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    promoted = restored.suggest("t3")
+    assert promoted == {**configs["t1"], "epochs": 3}  # the best of three, retrained longer
+    # An in-memory study is pickled with the searcher (study.db's storage reopens its file).
+    trials = restored.study.get_trials(deepcopy=False)
+    assert [t.state for t in trials[:3]] == [PRUNED] * 3  # below the full budget
+    assert trials[3].user_attrs[PROMOTES_MARK] == trials[1].number
+    finish(restored, "t3", promoted, 0.7)
+    assert restored.study.get_trials(deepcopy=False)[3].state == PRUNED
+    assert restored.suggest("t4")["epochs"] == 1  # rung 3 holds one: nothing earned yet
+
+
+def test_the_budget_lines_count_trials_per_rung_and_time_below_the_full_budget():
+    rows = [
+        {"status": "completed", "epochs": 1, "epochs_completed": 1, "train_time_s": 10.0},
+        {"status": "completed", "epochs": 1, "epochs_completed": 1, "train_time_s": 10.0},
+        {"status": "completed", "epochs": 3, "epochs_completed": 3, "train_time_s": 30.0},
+        {"status": "completed", "epochs": 9, "epochs_completed": 9, "train_time_s": 90.0},
+        {"status": "early_stopped", "epochs": 9, "epochs_completed": 2, "train_time_s": 20.0},
+    ]
+    assert budget_lines(rows, [1, 3], 9, retrains=True) == [
+        "epochs trained: 16",
+        "trials per rung: 2 at 1 epochs, 1 at 3, 1 at the full 9 (of 5 trials)",
+        "training time: 44% on trials below the full budget (70 of 160 s)",
+    ]
