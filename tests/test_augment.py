@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from trainable.augment import crop_flip, cutout
+from trainable.augment import crop_flip, cutout, mix, translate
 from trainable.checkpoint import restore_training, training_state
 from trainable.data import DataConfig, load_dataset
 from trainable.loop import Training
@@ -89,6 +89,50 @@ def test_unknown_kind_is_refused_by_the_settings():
         TrialConfig(augment="rotate")
 
 
+@pytest.mark.parametrize("down, right", [(1, 1), (-1, -1), (2, -1), (0, 0)])
+def test_translate_is_a_crop_of_the_reflect_padded_image(down, right):
+    images = _images(n=3)
+    pad = 2
+    padded = torch.nn.functional.pad(images.float(), (pad,) * 4, mode="reflect")
+    top, left = pad - down, pad - right
+    expected = padded[:, :, top : top + 8, left : left + 8]
+    assert torch.equal(translate(images, down, right).float(), expected)
+
+
+def test_mixup_blends_each_image_with_its_partner_and_weighs_their_labels():
+    images, labels = torch.randn(32, 3, 8, 8), torch.arange(32)
+    mixed, how = mix(images.clone(), labels, mixup=0.4, cutmix=0, generator=_gen())
+    partners = how.partner  # labels are the indices: the partner's label is its image's index
+    assert sorted(partners.tolist()) == list(range(32)) and 0 < how.weight < 1
+    expected = how.weight * images + (1 - how.weight) * images[partners]
+    torch.testing.assert_close(mixed, expected)
+
+
+def test_cutmix_pastes_one_box_and_weighs_the_labels_by_its_area():
+    images, labels = torch.randn(32, 3, 8, 8), torch.arange(32)
+    torch.manual_seed(3)
+    mixed, how = mix(images.clone(), labels, mixup=0, cutmix=1.0, generator=_gen())
+    moved = how.partner != labels  # an image may draw itself as its partner
+    from_partner = (mixed == images[how.partner]) & (mixed != images)
+    box = from_partner[moved].all(0).all(0)  # one box, the same for every image and channel
+    assert box.any() and torch.equal(from_partner[moved], box.expand_as(mixed[moved]))
+    assert torch.equal(mixed[:, :, ~box], images[:, :, ~box])
+    assert how.weight == pytest.approx(1 - box.sum().item() / 64)
+
+
+def test_no_mixing_leaves_the_batch_and_both_on_use_both():
+    images = torch.randn(16, 3, 8, 8)
+    same, how = mix(images, torch.arange(16), mixup=0, cutmix=0, generator=_gen())
+    assert same is images and how is None
+    kinds = set()
+    torch.manual_seed(0)
+    for _ in range(20):
+        mixed, _ = mix(images.clone(), torch.arange(16), 1.0, 1.0, _gen())
+        # CutMix leaves some pixels of every image as they were; MixUp changes them all.
+        kinds.add("cutmix" if (mixed == images).any() else "mixup")
+    assert kinds == {"mixup", "cutmix"}
+
+
 @pytest.fixture(scope="module")
 def data():
     return load_dataset(DataConfig(source="synthetic", val_size=200, train_subset=600))
@@ -117,11 +161,13 @@ def test_training_batches_keep_labels_and_evaluation_never_augments(data):
     assert training.evaluate("val") == training.evaluate("val")
 
 
-def test_augmented_run_restores_exactly(data):
+@pytest.mark.parametrize("mixing", [{}, {"mixup": 0.4}, {"cutmix": 1.0}])
+def test_an_augmented_run_restores_exactly_and_mixing_changes_it(data, mixing):
     import io
 
-    # An MLP: quick, and the augmentation stream is what must be restored.
-    config = AUGMENTED.model_copy(update={"model": "mlp", "hidden": 16})
+    # An MLP: quick, and the augmentation streams are what must be restored.
+    plain = AUGMENTED.model_copy(update={"model": "mlp", "hidden": 16})
+    config = plain.model_copy(update=mixing)
     first = Training(config, data, torch.device("cpu"))
     first.train_epoch()
     saved = io.BytesIO()
@@ -131,3 +177,7 @@ def test_augmented_run_restores_exactly(data):
     saved.seek(0)
     restore_training(second, torch.load(saved, weights_only=True))
     assert second.train_epoch()["train_loss"] == expected["train_loss"]
+    if mixing:
+        unmixed = Training(plain, data, torch.device("cpu"))
+        unmixed.train_epoch()
+        assert unmixed.train_epoch()["train_loss"] != expected["train_loss"]

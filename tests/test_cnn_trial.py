@@ -57,16 +57,26 @@ def test_cnn_smoke_search_through_ray(ray_session, tmp_path):
 
 
 @pytest.mark.parametrize("name", ["optuna-cnn.yaml", "optuna-mlp.yaml"])
-def test_family_configs_search_the_new_dimensions(name):
+def test_family_configs_start_inside_their_space(name):
     config = load_config(REPO / "configs" / name)
-    family = "cnn" if "cnn" in name else "mlp"
-    assert config.trial.model == family and config.scheduler.kind == "asha"
-    new = {"augment", "label_smoothing", "schedule", "warmup"}
-    new |= {"width"} if family == "cnn" else {"depth", "dropout"}
-    assert new <= set(config.search.space)
     # The first point tried is the trial defaults, inside the space.
     for key, dist in config.search.space.items():
         assert dist.nearest(getattr(config.trial, key)) == getattr(config.trial, key), key
+
+
+def test_the_cnn_config_searches_the_new_dimensions():
+    config = load_config(REPO / "configs" / "optuna-cnn.yaml")
+    assert config.trial.model == "cnn" and config.scheduler.kind == "asha"
+    assert {"augment", "label_smoothing", "schedule", "warmup", "width"} <= set(config.search.space)
+
+
+def test_the_mlp_config_screens_the_residual_family_short_and_trains_its_choice_long():
+    config = load_config(REPO / "configs" / "optuna-mlp.yaml")
+    trial = config.trial
+    assert trial.model == "resmlp" and trial.depth > 1 and trial.expansion > 1
+    assert config.scheduler.kind == "halving" and config.scheduler.rungs(trial.epochs)
+    assert config.final_epochs > trial.epochs and config.final.seeds >= 2
+    assert trial.mixup > 0 and trial.tta == "flip_translate"
 
 
 @pytest.mark.parametrize("name", ["optuna-cnn.yaml", "optuna-mlp.yaml"])

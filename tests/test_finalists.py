@@ -9,7 +9,7 @@ import pytest
 from tests.conftest import REPO, finished_trials, run_script, start_script
 from tests.test_cli import wait_for
 from trainable.data import load_dataset
-from tuning.config import ConfigError, ExperimentConfig, load_config
+from tuning.config import ConfigError, ExperimentConfig, load_config, smoke_overrides
 from tuning.results.groups import final_groups, grid_groups, verdict_lines
 from tuning.results.tune_logs import build_tables, final_table
 from tuning.run.finalists import FINAL_FOLDER, finalise, select_finalists
@@ -49,7 +49,7 @@ def test_final_defaults_and_validation():
 
 @pytest.mark.slow
 def test_finalists_rerun_the_best_configurations_over_fresh_seeds(ray_session, tmp_path):
-    config = tiny()
+    config = tiny(final={"epochs": 4})  # the search trains 3 epochs, the finalists 4
     data = load_dataset(config.data)
     shared = share_data(data)
     results = run_tuner(config, shared, tmp_path, build_plan(config, tmp_path))
@@ -63,6 +63,7 @@ def test_finalists_rerun_the_best_configurations_over_fresh_seeds(ray_session, t
     by_value = sorted(completed, key=lambda r: -r["final_val_acc"])
     assert [f.trial_id for f in finalists] == [r["trial_id"] for r in by_value[:2]]
     assert [f.rank for f in finalists] == [1, 2]
+    assert {f.config["epochs"] for f in finalists} == {4}
 
     chosen, final_results = finalise(config, shared, tmp_path, results)
     assert chosen == finalists
@@ -70,7 +71,7 @@ def test_finalists_rerun_the_best_configurations_over_fresh_seeds(ray_session, t
     final = final_table(final_results, finalists, config).to_pylist()
     assert len(final) == 6
     assert {r["status"] for r in final} == {"completed"}
-    assert {r["epochs_completed"] for r in final} == {3}  # full budget, nothing stopped early
+    assert {r["epochs_completed"] for r in final} == {4}  # their budget, none stopped early
     assert all(r["test_acc"] is not None and r["val_loss"] is not None for r in final)
     for finalist in finalists:
         mine = [r for r in final if r["finalist"] == finalist.rank]
@@ -92,6 +93,20 @@ def test_finalists_rerun_the_best_configurations_over_fresh_seeds(ray_session, t
     lines = verdict_lines(groups, config, finalists=True)
     assert lines[0].startswith(f"best finalist by mean val_acc: finalist {best['finalist']}")
     assert "3 seeds each" in lines[1]
+
+
+def test_final_epochs_default_to_the_searchs_budget_and_shrink_for_smoke_runs():
+    assert tiny().final_epochs == 3
+    longer = tiny(final={"epochs": 9})
+    assert longer.final_epochs == 9 and longer.trial.epochs == 3
+    smoke = load_config(REPO / "configs/optuna.yaml", ["final.epochs=40"])
+    assert (
+        load_config(
+            REPO / "configs/optuna.yaml",
+            ["final.epochs=40", *smoke_overrides(smoke, synthetic=True)],
+        ).final_epochs
+        == 2
+    )
 
 
 @pytest.mark.slow

@@ -109,3 +109,31 @@ def test_the_budget_lines_count_trials_per_rung_and_time_below_the_full_budget()
         "trials per rung: 2 at 1 epochs, 1 at 3, 1 at the full 9 (of 5 trials)",
         "training time: 44% on trials below the full budget (70 of 160 s)",
     ]
+
+
+def test_the_chosen_trial_is_the_best_of_the_furthest_rung_a_trial_finished():
+    from types import SimpleNamespace
+
+    from tuning.run.tuner import best_result
+
+    config = ExperimentConfig.model_validate(
+        {
+            "trial": {"epochs": 9},
+            "search": {"kind": "optuna", "space": {"lr": {"loguniform": [1e-4, 1e-2]}}},
+            "scheduler": {"kind": "halving", "grace_period": 1},
+        }
+    )
+
+    def trial(epochs, budget, val):
+        return SimpleNamespace(
+            metrics={"val_acc": val, "training_iteration": epochs}, config={"epochs": budget}
+        )
+
+    first_rung = [trial(1, 1, 0.30), trial(1, 1, 0.35)]
+    second_rung = [trial(3, 3, 0.41), trial(3, 3, 0.40)]
+    # Promoted to the full 9 epochs, but the search's time ran out at epoch 6: mid-schedule.
+    cut = trial(6, 9, 0.45)
+    assert best_result([*first_rung, *second_rung, cut], config) is second_rung[0]
+    assert best_result([*first_rung, cut], config) is first_rung[1]
+    finished = trial(9, 9, 0.39)
+    assert best_result([*first_rung, *second_rung, cut, finished], config) is finished

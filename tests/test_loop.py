@@ -1,6 +1,7 @@
 import io
 import subprocess
 import sys
+import typing
 
 import pytest
 import torch
@@ -192,3 +193,28 @@ def test_flip_tta_scores_the_mean_of_an_image_and_its_mirror(data, split):
     # Without it, the plain cross-entropy of the image alone, as before.
     assert plain.evaluate(split)[f"{split}_loss"] == pytest.approx(single.item(), rel=1e-6)
     assert scored[f"{split}_loss"] != pytest.approx(single.item(), rel=1e-4)
+
+
+def test_flip_translate_tta_scores_airbenchs_six_views(data):
+    import torch.nn.functional as F
+
+    from trainable.augment import translate
+    from trainable.loop import TTA_VIEWS
+    from trainable.settings import TestTimeAugment
+
+    assert set(TTA_VIEWS) == set(typing.get_args(TestTimeAugment))
+    plain = Training(trial(augment="crop_flip"), data, torch.device("cpu"))
+    plain.train_epoch()
+    views = Training(trial(augment="crop_flip", tta="flip_translate"), data, torch.device("cpu"))
+    views.model.load_state_dict(plain.model.state_dict())
+    images, labels = plain.data.val
+    with torch.inference_mode():
+        probs = lambda x: F.softmax(plain.model(plain.data.normalise(x)), 1)  # noqa: E731
+        shifted = [translate(images, d, d) for d in (-1, 1)]
+        mean = (probs(images) + probs(images.flip(3))) / 4 + sum(
+            probs(x) + probs(x.flip(3)) for x in shifted
+        ) / 8
+    scored = views.evaluate("val")
+    assert scored["val_acc"] == pytest.approx((mean.argmax(1) == labels).float().mean().item())
+    assert scored["val_loss"] == pytest.approx(F.nll_loss(mean.log(), labels).item(), rel=1e-5)
+    assert scored["val_loss"] != pytest.approx(plain.evaluate("val")["val_loss"], rel=1e-4)

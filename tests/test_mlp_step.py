@@ -1,6 +1,7 @@
 """The MLP's hand-written training step against autograd, and its input-major layers against
 nn.Linear."""
 
+import contextlib
 import copy
 import io
 import sys
@@ -12,6 +13,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 import trainable.mlp
 from tests.conftest import REPO
+from trainable.augment import Mix
 from trainable.data import DataConfig, load_dataset
 from trainable.families import build_model
 from trainable.loop import Training, make_optimizer
@@ -48,6 +50,30 @@ def test_gradients_loss_and_logits_are_autograds(depth, dropout, smoothing):
     torch.testing.assert_close(loss, expected)
     for (name, got), want in zip(ours.named_parameters(), reference.parameters(), strict=True):
         torch.testing.assert_close(got.grad, want.grad, msg=name)
+
+
+@pytest.mark.parametrize("smoothing", [0.0, 0.1])
+def test_a_mixed_batchs_gradients_are_autograds_and_the_autograd_steps(smoothing):
+    torch.manual_seed(0)
+    ours = _mlp(depth=2)
+    reference = copy.deepcopy(ours)
+    images, labels = torch.randn(16, 3, 8, 8), torch.randint(0, 10, (16,))
+    how = Mix(partner=labels.roll(1), weight=0.3)
+
+    loss, _ = MLPStep(ours, None, smoothing).backward(images, labels, how)
+    logits = reference(images)
+    expected = 0.3 * nn.functional.cross_entropy(
+        logits, labels, label_smoothing=smoothing
+    ) + 0.7 * nn.functional.cross_entropy(logits, how.partner, label_smoothing=smoothing)
+    expected.backward()
+    torch.testing.assert_close(loss, expected)
+    for (name, got), want in zip(ours.named_parameters(), reference.parameters(), strict=True):
+        torch.testing.assert_close(got.grad, want.grad, msg=name)
+    autograd_loss, _ = AutogradStep(
+        copy.deepcopy(reference), torch.optim.SGD(reference.parameters()), smoothing,
+        contextlib.nullcontext,
+    )(images, labels, how)  # fmt: skip
+    torch.testing.assert_close(autograd_loss, expected)
 
 
 def test_the_step_runs_the_floors_flops_and_no_more():

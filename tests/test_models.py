@@ -2,10 +2,12 @@
 
 import pytest
 import torch
+from torch import nn
 
-from trainable.families import FAMILIES, build_model
+from trainable.families import FAMILIES, build_model, readers
 from trainable.loop import fast_paths
 from trainable.mlp import InputMajorLinear
+from trainable.resmlp import Block
 from trainable.settings import TrialConfig
 
 
@@ -20,6 +22,7 @@ def _config(**fields) -> TrialConfig:
         {"model": "mlp", "hidden": 64, "depth": 3, "dropout": 0.2},
         {"model": "cnn", "width": 8},
         {"model": "cnn", "width": 16},
+        {"model": "resmlp", "hidden": 32, "depth": 2, "expansion": 2, "dropout": 0.1},
     ],
 )
 @pytest.mark.parametrize("shape", [(3, 32, 32), (3, 8, 8)])
@@ -96,3 +99,28 @@ def test_cnn_trains_on_the_gpu_in_bf16_channels_last_and_restores():
     got = second.train_epoch()
     assert torch.isfinite(torch.tensor(got["train_loss"]))
     assert got["train_loss"] == pytest.approx(expected["train_loss"], rel=1e-3)
+
+
+def test_resmlp_is_an_embedding_residual_blocks_a_norm_and_a_head():
+    config = _config(model="resmlp", hidden=16, depth=3, expansion=4)
+    model = build_model(config, (3, 8, 8), 10)
+    layers = (nn.Linear, InputMajorLinear)
+    linears = [(m.in_features, m.out_features) for m in model.modules() if isinstance(m, layers)]
+    assert linears == [(192, 16), *[(16, 64), (64, 16)] * 3, (16, 10)]
+    blocks = [m for m in model if isinstance(m, Block)]
+    assert len(blocks) == 3
+    assert all(isinstance(b.branch[0], nn.LayerNorm) for b in blocks)  # pre-norm
+    # A block whose branch gives 0 passes the stream through: a residual, not a stack.
+    x = torch.randn(5, 16)
+    with torch.no_grad():
+        blocks[0].branch[-1].weight.zero_()
+        blocks[0].branch[-1].bias.zero_()
+    assert torch.equal(blocks[0](x), x)
+    dropped = build_model(_config(model="resmlp", hidden=16, depth=2, dropout=0.3), (3, 8, 8), 10)
+    assert [m.p for m in dropped.modules() if isinstance(m, nn.Dropout)] == [0.3, 0.3]
+
+
+def test_family_settings_are_read_by_the_families_that_name_them():
+    assert readers("hidden") == {"mlp", "resmlp"}
+    assert readers("expansion") == {"resmlp"}
+    assert readers("width") == {"cnn"}

@@ -7,7 +7,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO, run_script
+from tests.conftest import REPO, run_main, run_script
 from tuning.config import ConfigError, load_config
 from tuning.config.keys import RUN_MARK, TRIAL_MARK
 from tuning.results.tables import write_config
@@ -165,7 +165,7 @@ def test_a_search_warm_started_from_a_search_and_from_a_grid(tmp_path):
         str(tmp_path / "grid"),
     ]
 
-    refused = run_script(
+    refused = run_main(
         "tuning/run_optuna.py", "--smoke", "--results-dir", str(tmp_path), "--name", "third",
         "--warm-start", str(tmp_path),
     )  # fmt: skip

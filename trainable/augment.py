@@ -7,6 +7,9 @@ augments.
 
 from __future__ import annotations
 
+import math
+from dataclasses import dataclass
+
 import torch
 
 from trainable.settings import Augment
@@ -51,6 +54,61 @@ def crop_flip(
         images = images.gather(2, rows)
     cols = torch.where(flip[:, None], cols.flip(1), cols)  # a flip is reversed column order
     return images.gather(3, cols.reshape(n, 1, 1, width).expand(n, channels, height, width))
+
+
+def translate(images: torch.Tensor, down: int, right: int) -> torch.Tensor:
+    """`images` (N, C, H, W, any dtype) moved `down` and `right` pixels (negative: up, left),
+    the uncovered border reflected in, as a crop of the reflect-padded image gives."""
+    _, _, height, width = images.shape
+    rows = _reflect(torch.arange(height, device=images.device) - down, height)
+    cols = _reflect(torch.arange(width, device=images.device) - right, width)
+    return images.index_select(2, rows).index_select(3, cols)
+
+
+@dataclass(frozen=True)
+class Mix:
+    """How a training batch was blended: each image keeps a share `weight` of its own label,
+    and takes 1 - `weight` of its partner's, `partner` (the partner images' labels)."""
+
+    partner: torch.Tensor
+    weight: float
+
+
+def mix(
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    mixup: float,
+    cutmix: float,
+    generator: torch.Generator,
+) -> tuple[torch.Tensor, Mix | None]:
+    """`images` (float, N×C×H×W) blended in place with a shuffled copy of the batch, by MixUp
+    (α = `mixup`) or CutMix (α = `cutmix`), one at random where both are on; no Mix where both
+    are 0. One λ ~ Beta(α, α) and one CutMix box for the batch, as timm's batch mode draws them.
+
+    The partners' order comes from `generator` on the batch's device; λ, the choice and the box
+    are host numbers from torch's CPU stream, which a trial's checkpoint saves.
+    """
+    if not (mixup or cutmix):
+        return images, None
+    use_cutmix = cutmix > 0 and (mixup == 0 or torch.rand(()).item() < 0.5)
+    alpha = cutmix if use_cutmix else mixup
+    weight = torch.distributions.Beta(alpha, alpha).sample().item()
+    order = torch.randperm(len(labels), generator=generator, device=images.device)
+    partners = images.index_select(0, order)
+    if use_cutmix:
+        # A box of area about (1 - λ)·H·W, placed wholly inside the image; λ is then the share
+        # of the image's own pixels exactly.
+        _, _, height, width = images.shape
+        side = math.sqrt(1 - weight)
+        box_h, box_w = round(height * side), round(width * side)
+        top = int(torch.randint(height - box_h + 1, ()).item())
+        left = int(torch.randint(width - box_w + 1, ()).item())
+        box = (slice(None), slice(None), slice(top, top + box_h), slice(left, left + box_w))
+        images[box] = partners[box]
+        weight = 1 - box_h * box_w / (height * width)
+    else:
+        images.lerp_(partners, 1 - weight)
+    return images, Mix(labels.index_select(0, order), weight)
 
 
 def cutout(images: torch.Tensor, size: int, generator: torch.Generator) -> torch.Tensor:

@@ -7,7 +7,7 @@ import warnings
 
 import torch
 
-from trainable.augment import crop_flip, cutout
+from trainable.augment import Mix, crop_flip, cutout, mix
 from trainable.data import DataBundle
 from trainable.settings import TrialConfig
 
@@ -30,6 +30,7 @@ class DeviceData:
         self.device = device
         self.augment, self.cutout = trial.augment, trial.cutout
         self.crop_padding = trial.crop_padding
+        self.mixup, self.cutmix = trial.mixup, trial.cutmix
         self.channels_last = channels_last
         self.train = (as_tensor(data.train_x, device), as_tensor(data.train_y, device))
         self.val = (as_tensor(data.val_x, device), as_tensor(data.val_y, device))
@@ -81,6 +82,10 @@ class DeviceData:
         if self.cutout:
             x = cutout(x, self.cutout, self.augment_rng)
         return x
+
+    def mixed(self, images: torch.Tensor, labels: torch.Tensor) -> tuple[torch.Tensor, Mix | None]:
+        """`training_images`' batch blended by the trial's MixUp or CutMix (None: neither)."""
+        return mix(images, labels, self.mixup, self.cutmix, self.augment_rng)
 
     def training_batch(self, batch: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Images (as `training_images` makes them) and labels at the indices `batch`."""

@@ -36,9 +36,15 @@ class ModelError(ValueError):
 
 
 class MLPSettings(BaseModel):
-    hidden: int = Field(128, ge=1)  # units per hidden layer
-    depth: int = Field(1, ge=1)  # hidden layers; 1 is the original network
-    dropout: float = Field(0.0, ge=0, lt=1)  # after each hidden layer; 0 = none
+    hidden: int = Field(128, ge=1)  # units per hidden layer (resmlp: the residual stream's)
+    depth: int = Field(1, ge=1)  # hidden layers (resmlp: blocks); 1 is the original network
+    dropout: float = Field(0.0, ge=0, lt=1)  # after each hidden layer (resmlp: block); 0 = none
+
+
+class ResMLPSettings(MLPSettings):
+    """The MLP's settings, read for a residual network, and the blocks' expansion."""
+
+    expansion: int = Field(4, ge=1)  # a block's inner width, as a multiple of hidden
 
 
 class CNNSettings(BaseModel):
@@ -58,6 +64,7 @@ class Family:
 
 FAMILIES: dict[str, Family] = {
     "mlp": Family(MLPSettings, "trainable.mlp:mlp"),
+    "resmlp": Family(ResMLPSettings, "trainable.resmlp:resmlp"),
     "cnn": Family(CNNSettings, "trainable.cnn:cnn", convolutional=True),
 }
 

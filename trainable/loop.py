@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from trainable.augment import translate
 from trainable.data import DataBundle
 from trainable.device_data import DeviceData
 from trainable.eager import skip_compiler_marks
@@ -22,6 +23,19 @@ from trainable.steps import make_step
 # transient memory small (a 1024-image float batch is 12 MiB).
 EVAL_BATCH = 1024
 DIVERGENCE_CHECK = 50  # steps between looks at the running loss: a host sync each time
+
+# Test-time augmentation: each view ((down, right) shift in pixels, mirrored) and its weight.
+# flip_translate is airbench's: the image and its mirror at half the weight, the same one
+# pixel up-left and one down-right at a quarter.
+TTA_VIEWS: dict[str, list[tuple[tuple[int, int, bool], float]]] = {
+    "none": [((0, 0, False), 1.0)],
+    "flip": [((0, 0, False), 0.5), ((0, 0, True), 0.5)],
+    "flip_translate": [
+        ((0, 0, False), 0.25), ((0, 0, True), 0.25),
+        ((-1, -1, False), 0.125), ((-1, -1, True), 0.125),
+        ((1, 1, False), 0.125), ((1, 1, True), 0.125),
+    ],
+}  # fmt: skip
 
 
 def finite(losses: list[torch.Tensor]) -> bool:
@@ -110,7 +124,8 @@ class Training:
             if step % DIVERGENCE_CHECK == 0 and step and not finite(losses[-DIVERGENCE_CHECK:]):
                 break  # a non-finite loss does not come back: stop the epoch now
             self.set_lr(self.epoch + step / len(batches))
-            loss, logits = self.step(self.data.training_images(batch), y)
+            images, mix = self.data.mixed(self.data.training_images(batch), y)
+            loss, logits = self.step(images, y, mix)
             losses.append(loss.detach())
             predictions.append(logits.argmax(1))
         self.epoch += 1
@@ -135,15 +150,16 @@ class Training:
 
     def log_probs(self, images: torch.Tensor) -> torch.Tensor:
         """The model's log-probabilities (float32) for uint8 `images`, with the trial's
-        test-time augmentation: for flip, the mean of the image's and its mirror's."""
-        with self.autocast():
-            logits = self.model(self.data.normalise(images))
-        log_probs = logits.float().log_softmax(1)
-        if self.trial.tta == "flip":
+        test-time augmentation: the weighted mean of the distributions of its views."""
+        views = TTA_VIEWS[self.trial.tta]
+        terms = []
+        for (down, right, mirror), weight in views:
+            x = translate(images, down, right) if down or right else images
             with self.autocast():
-                mirrored = self.model(self.data.normalise(images.flip(3))).float().log_softmax(1)
-            log_probs = torch.logaddexp(log_probs, mirrored) - math.log(2)
-        return log_probs
+                logits = self.model(self.data.normalise(x.flip(3) if mirror else x))
+            log_probs = logits.float().log_softmax(1)
+            terms.append(log_probs if weight == 1 else log_probs + math.log(weight))
+        return terms[0] if len(terms) == 1 else torch.stack(terms).logsumexp(0)
 
     @torch.inference_mode()
     def evaluate(self, split: str) -> dict[str, float]:

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.optim.adam import adam
 
+from trainable.augment import Mix
 from trainable.mlp import InputMajorLinear
 
 
@@ -58,10 +59,10 @@ class MLPStep:
         self.true_class: dict[int, torch.Tensor] = {}
 
     def __call__(
-        self, images: torch.Tensor, labels: torch.Tensor
+        self, images: torch.Tensor, labels: torch.Tensor, mix: Mix | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One training step on a batch; returns its mean loss and its logits."""
-        loss, logits = self.backward(images, labels)
+        loss, logits = self.backward(images, labels, mix)
         self.update()
         return loss, logits
 
@@ -105,9 +106,10 @@ class MLPStep:
 
     @torch.no_grad()
     def backward(
-        self, images: torch.Tensor, labels: torch.Tensor
+        self, images: torch.Tensor, labels: torch.Tensor, mix: Mix | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Mean loss and logits of the batch; every parameter's `.grad` set to the gradient."""
+        """Mean loss and logits of the batch (for a mixed batch, its two labels' losses
+        weighted as `mix` says); every parameter's `.grad` set to the gradient."""
         inputs: list[torch.Tensor] = []  # each layer's input, for its weight gradient
         masks: list[torch.Tensor | None] = []  # dropout's scaled keep-masks, hidden layers only
         h = images.flatten(1)
@@ -130,14 +132,23 @@ class MLPStep:
         s = self.smoothing
         log_probs = logits.log_softmax(1)
         loss = F.nll_loss(log_probs, labels)
+        if mix is not None:  # the target is λ of the own label's and 1 - λ of the partner's
+            loss = torch.lerp(loss, F.nll_loss(log_probs, mix.partner), 1 - mix.weight)
         if s:
             loss = (1 - s) * loss - s * log_probs.mean()
         grad = log_probs.exp_()  # log-probabilities are not needed after the loss
         if s:
             grad.sub_(s / classes)
-        if (true_class := self.true_class.get(n)) is None:  # made once per batch size
-            true_class = self.true_class[n] = grad.new_full((n, 1), s - 1)
-        grad.scatter_add_(1, labels.unsqueeze(1), true_class).div_(n)
+        if mix is not None:
+            own = grad.new_full((n, 1), (s - 1) * mix.weight)
+            partner = grad.new_full((n, 1), (s - 1) * (1 - mix.weight))
+            grad.scatter_add_(1, labels.unsqueeze(1), own)
+            grad.scatter_add_(1, mix.partner.unsqueeze(1), partner)
+        else:
+            if (true_class := self.true_class.get(n)) is None:  # made once per batch size
+                true_class = self.true_class[n] = grad.new_full((n, 1), s - 1)
+            grad.scatter_add_(1, labels.unsqueeze(1), true_class)
+        grad.div_(n)
 
         for index in range(len(self.layers) - 1, -1, -1):
             (weight, bias), x = self.layers[index], inputs[index]

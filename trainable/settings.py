@@ -15,7 +15,7 @@ Optimizer = Literal["adam", "adamw", "sgd"]
 Schedule = Literal["constant", "cosine", "onecycle"]  # trainable/schedules.py
 Augment = Literal["none", "flip", "crop_flip"]  # trainable/augment.py
 Normalize = Literal["channel", "none"]
-TestTimeAugment = Literal["none", "flip"]  # trainable/loop.py: Training.evaluate
+TestTimeAugment = Literal["none", "flip", "flip_translate"]  # trainable/loop.py: log_probs
 
 
 class Strict(BaseModel):
@@ -63,9 +63,16 @@ class TrainingSettings(BaseModel):
     # 2 is airbench's translation, milder than the classic 4 for a model that must fit fast
     crop_padding: int = Field(4, ge=1)
     cutout: int = Field(0, ge=0)  # side in pixels of a square zeroed in each training image
+    # MixUp and CutMix: each training batch blended with a shuffled copy of itself, in a share
+    # λ ~ Beta(α, α), its loss weighted λ and 1 - λ between the two labels; the value is α, 0 is
+    # off. With both on, each batch takes one of the two at random.
+    mixup: float = Field(0.0, ge=0)
+    cutmix: float = Field(0.0, ge=0)  # a box of the partner image pasted in, of area 1 - λ
     normalize: Normalize = "channel"  # channel: train split's mean/std; none: [0, 1] only
     # test-time augmentation, val and test alike: flip also scores each image's mirror and
-    # averages the two predicted distributions (for a model trained on flips)
+    # averages the two predicted distributions (for a model trained on flips); flip_translate
+    # adds both views shifted one pixel up-left and one down-right, at half the weight
+    # together (airbench's test-time augmentation, for a model trained on shifts too)
     tta: TestTimeAugment = "none"
     seed: int = 0  # initialisation, shuffling, augmentation and dropout
 

@@ -9,13 +9,15 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainable.augment import Mix
 from trainable.mlp_step import MLPStep
 
-Step = Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+Step = Callable[[torch.Tensor, torch.Tensor, Mix | None], tuple[torch.Tensor, torch.Tensor]]
 
 
 class AutogradStep:
-    """Forward in `autocast`, cross-entropy with label smoothing, backward, optimiser step."""
+    """Forward in `autocast`, cross-entropy with label smoothing (weighted between the two
+    labels of a mixed batch), backward, optimiser step."""
 
     def __init__(
         self,
@@ -28,12 +30,15 @@ class AutogradStep:
         self.smoothing, self.autocast = smoothing, autocast
 
     def __call__(
-        self, images: torch.Tensor, labels: torch.Tensor
+        self, images: torch.Tensor, labels: torch.Tensor, mix: Mix | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """One training step on a batch; returns its mean loss and its logits."""
         with self.autocast():
             logits = self.model(images)
             loss = F.cross_entropy(logits, labels, label_smoothing=self.smoothing)
+            if mix is not None:
+                partner = F.cross_entropy(logits, mix.partner, label_smoothing=self.smoothing)
+                loss = torch.lerp(loss, partner, 1 - mix.weight)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         self.optimizer.step()

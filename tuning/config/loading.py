@@ -101,6 +101,8 @@ def smoke_overrides(config: ExperimentConfig, synthetic: bool) -> list[str]:
     ]
     if config.final.top_k:
         items += ["final.top_k=1", "final.seeds=2"]  # the finalists' path, two tiny re-runs
+        if config.final.epochs:
+            items.append("final.epochs=2")
     if synthetic:
         items.append("data.source=synthetic")
     for index, (key, values) in enumerate(config.search.grid.items()):

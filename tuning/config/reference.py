@@ -16,7 +16,7 @@ import typing
 
 from pydantic import BaseModel
 
-from trainable.families import FAMILIES
+from trainable.families import FAMILIES, readers
 from tuning.config.schema import ExperimentConfig
 
 FIELD = re.compile(r"^\s+(\w+)\s*:[^#]*?(?:#\s*(.*))?$")
@@ -81,8 +81,8 @@ def section(name: str, model: type[BaseModel], notes: dict[str, str] | None = No
 def reference() -> str:
     trial = ExperimentConfig.model_fields["trial"].annotation
     family_of = {
-        key: f"({name} only)"
-        for name, family in FAMILIES.items()
+        key: f"({', '.join(sorted(readers(key)))} only)"
+        for family in FAMILIES.values()
         for key in family.settings.model_fields
     }
     parts = [

@@ -199,6 +199,10 @@ class FinalConfig(Strict):
 
     top_k: int | None = Field(None, ge=0)  # 0: off; None: 3 for a search, 0 for a grid
     seeds: int = Field(3, ge=1)  # re-runs per finalist; a verdict needs at least 2
+    # Each re-run's epochs; None: the search's full budget (trial.epochs). More lets a search
+    # screen configurations at a short budget and train its choice longer, every run with its
+    # schedule fitted to its own budget.
+    epochs: int | None = Field(None, ge=1)
 
 
 class ResourcesConfig(Strict):
@@ -290,6 +294,11 @@ class ExperimentConfig(Strict):
                 f"trial.epochs ({epochs}), or no trial can be stopped early"
             )
         return self
+
+    @property
+    def final_epochs(self) -> int:
+        """The finalists' epoch budget: final.epochs, else the search's full budget."""
+        return self.final.epochs or self.trial.epochs
 
     def models(self) -> set[str]:
         """Every model a trial of this search can build."""

@@ -37,6 +37,14 @@ def epoch_budget(trial_config: dict, default: int) -> int:
     return int(trial_config.get("epochs", default))
 
 
+def rung_reached(epochs: int, budget: int) -> int:
+    """Where each trial trains a rung's budget of its own (halving): the rung its value stands
+    for, its epochs when it trained its whole budget; 0 when it was stopped part-way (the
+    search's time ran out), as its value is then from the middle of a schedule, comparable
+    with no rung. The furthest rung ranks first: a shorter rung's value is lower anyway."""
+    return epochs if epochs >= budget else 0
+
+
 def trial_outcome(
     *, error: bool, diverged: bool, epochs: int, budget: int, interrupted: bool = False
 ) -> Outcome:

@@ -1,10 +1,11 @@
 """Finalists: a search's best configurations trained again over fresh seeds, then compared.
 
 A search chooses on one seed per configuration. After it, the `final.top_k` best
-configurations are each trained `final.seeds` more times, to the full epoch budget with no
-early stopping, as a second Tune run beside the search's (`<run>/ray-final/`), and every
-re-run is judged once on the test set. The winner is the finalist with the best mean of the
-run's metric; `groups.parquet` and the verdict say which differences the seeds support.
+configurations are each trained `final.seeds` more times, to the full epoch budget (or
+`final.epochs`) with no early stopping, as a second Tune run beside the search's
+(`<run>/ray-final/`), and every re-run is judged once on the test set. The winner is the
+finalist with the best mean of the run's metric; `groups.parquet` and the verdict say which
+differences the seeds support.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from trainable.trainable import SharedData
 from tuning.config import ExperimentConfig
 from tuning.config.keys import settings_key
 from tuning.config.logs import quieter
-from tuning.results.outcome import Outcome, epoch_budget
+from tuning.results.outcome import Outcome, epoch_budget, rung_reached
 from tuning.results.tune_logs import result_outcome, trial_epochs
 from tuning.run.progress import Progress
 from tuning.run.storage import join, tune_storage
@@ -57,7 +58,8 @@ def select_finalists(results: tune.ResultGrid, config: ExperimentConfig) -> list
     candidates = []
     for result in results:
         epochs = trial_epochs(result.path, result.filesystem)
-        outcome = result_outcome(result, epochs, epoch_budget(result.config, config.trial.epochs))
+        budget = epoch_budget(result.config, config.trial.epochs)
+        outcome = result_outcome(result, epochs, budget)
         value = epochs[-1].get(config.metric) if epochs else None
         if outcome in (Outcome.ERROR, Outcome.DIVERGED) or not isinstance(value, (int, float)):
             continue
@@ -66,9 +68,9 @@ def select_finalists(results: tune.ResultGrid, config: ExperimentConfig) -> list
         complete = outcome == Outcome.COMPLETED
         if config.scheduler.retrains:  # a rung's budget is not the full one
             complete = complete and len(epochs) >= config.trial.epochs
-        # Where trials train rung budgets, one trained further ranks first (a rung's value is
-        # not comparable with a longer run's); elsewhere the value alone ranks.
-        further = -len(epochs) if config.scheduler.retrains else 0
+        # Where trials train rung budgets, a further rung ranks first (a rung's value is not
+        # comparable with a longer run's); elsewhere the value alone ranks.
+        further = -rung_reached(len(epochs), budget) if config.scheduler.retrains else 0
         candidates.append((complete, further, Path(result.path).name, result.config, value))
     full = [c for c in candidates if c[0]]
     pool = full if len(full) >= top_k else candidates
@@ -76,8 +78,10 @@ def select_finalists(results: tune.ResultGrid, config: ExperimentConfig) -> list
     finalists, seen = [], set()
     for _, _, trial_id, trial_config, value in pool:
         trial_config = dict(trial_config)
-        if config.scheduler.retrains:  # a finalist trains the full budget, whatever its rung
-            trial_config["epochs"] = config.trial.epochs
+        # A finalist trains the finalists' budget: whatever its rung, or however long the
+        # search trained it where final.epochs says.
+        if config.scheduler.retrains or config.final.epochs:
+            trial_config["epochs"] = config.final_epochs
         key = settings_key(trial_config)
         if key in seen:  # Optuna may propose one configuration twice
             continue
@@ -121,7 +125,7 @@ def run_finalists(
     space = points[0]
     location = final_location(config, run_dir)
     progress = Progress(
-        config.metric, config.mode, config.trial.epochs, searched=[*config.search.keys, "seed"]
+        config.metric, config.mode, config.final_epochs, searched=[*config.search.keys, "seed"]
     )
     callbacks = [*callbacks] if verbose else [progress, *callbacks]
     # Each point sets the first one's values again on purpose; Tune would warn once per value.
@@ -172,14 +176,19 @@ def finalise(
         logger.info("finalists: no trial reported the metric; nothing to re-run")
         return None
     seeds = config.final.seeds
+    chosen = (
+        "the best configuration"
+        if len(finalists) == 1
+        else f"the {len(finalists)} best configurations"
+    )
     logger.info(
-        "\nfinalists: the %d best configurations of the search (%s), each trained again with "
-        "%d fresh seed%s for %d epochs, no early stopping",
-        len(finalists),
+        "\nfinalists: %s of the search (%s), each trained again with %d fresh seed%s for %d "
+        "epochs, no early stopping",
+        chosen,
         ", ".join(f.trial_id for f in finalists),
         seeds,
         "s" if seeds != 1 else "",
-        config.trial.epochs,
+        config.final_epochs,
     )
     results = run_finalists(
         config,

@@ -285,7 +285,8 @@ def tracking(run: Run, *, stage: str) -> list[tune.Callback]:
     # Here, not at the top: MLflow is an optional extra.
     from tuning.run.tracking import MlflowTrials
 
-    return [MlflowTrials(uri, run.run_dir.name, stage, run.config.trial.epochs)]
+    epochs = run.config.final_epochs if stage == "finalists" else run.config.trial.epochs
+    return [MlflowTrials(uri, run.run_dir.name, stage, epochs)]
 
 
 def summarise(run: Run, trials: pa.Table, groups: list[dict]) -> None:

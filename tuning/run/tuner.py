@@ -21,6 +21,7 @@ from trainable.trainable import CifarTrainable, SharedData, evaluate_checkpoint
 from tuning.config import ExperimentConfig
 from tuning.config.keys import TRAINING_ITERATION
 from tuning.config.logs import quieter
+from tuning.results.outcome import epoch_budget, rung_reached
 from tuning.run.cluster import trial_nodes
 from tuning.run.storage import tune_location, tune_storage
 from tuning.run.timing import Phases
@@ -249,15 +250,21 @@ def run_config(
 
 def best_result(results: tune.ResultGrid, config: ExperimentConfig) -> tune.Result | None:
     """The best trial by the run's metric at its last epoch; None when no trial reported it.
-    Where trials train rung budgets of their own, the best of those trained furthest."""
+    Where trials train rung budgets of their own, the best of the furthest rung reached."""
     candidates = [
         r
         for r in results
         if isinstance(v := r.metrics.get(config.metric), (int, float)) and np.isfinite(v)
     ]
     if config.scheduler.retrains and candidates:
-        furthest = max(r.metrics.get(TRAINING_ITERATION, 0) for r in candidates)
-        candidates = [r for r in candidates if r.metrics.get(TRAINING_ITERATION, 0) == furthest]
+        rungs = {
+            id(r): rung_reached(
+                r.metrics.get(TRAINING_ITERATION, 0), epoch_budget(r.config, config.trial.epochs)
+            )
+            for r in candidates
+        }
+        furthest = max(rungs.values())
+        candidates = [r for r in candidates if rungs[id(r)] == furthest]
     if not candidates:
         return None
     pick = max if config.mode == "max" else min
