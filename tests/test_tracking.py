@@ -210,3 +210,25 @@ def scalars(trial_dir: Path, tag: str) -> list[tuple[int, float]]:
                 if value.tag == tag:
                     found.append((event.step, value.simple_value))
     return sorted(found)
+
+
+def test_a_resumed_trial_logs_each_epoch_once():
+    from types import SimpleNamespace
+
+    from tuning.run.tracking import MlflowTrials
+
+    logged = []
+    history = [SimpleNamespace(step=1)]  # the interrupted session logged epoch 1
+    tracker = SimpleNamespace(
+        run_for=lambda *args: ("run", False),  # the earlier session's run, reopened
+        call=lambda what, action: action(),
+        client=SimpleNamespace(get_metric_history=lambda run_id, key: history),
+        log=lambda run_id, **kwargs: logged.append(kwargs.get("step")),
+    )
+    callback = MlflowTrials("uri", "c", "search", epochs=3)
+    callback.tracker, callback.runs, callback.logged_before = tracker, {}, {}
+    trial = SimpleNamespace(trial_id="t", config={})
+    # No checkpoint reached Tune before the interruption: the resume trains epoch 1 again.
+    for epoch in (1, 2, 3):
+        callback.on_trial_result(0, [], trial, {"epoch": epoch, "train_loss": 1.0})
+    assert logged == [2, 3]

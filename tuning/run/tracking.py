@@ -150,6 +150,8 @@ class MlflowTrials(tune.Callback):
         # Here, not in __init__: Tune pickles its callbacks with the run.
         self.tracker = Tracker(self.uri, self.experiment)
         self.runs: dict[str, str | None] = {}
+        # Per trial whose MLflow run an earlier session made: the last epoch logged there.
+        self.logged_before: dict[str, int] = {}
 
     def _run(self, trial) -> str | None:
         if trial.trial_id not in self.runs:
@@ -157,8 +159,15 @@ class MlflowTrials(tune.Callback):
             if made:  # params are set once (PBT's later changes are in the tables)
                 params = {k: v for k, v in flat_settings(trial.config).items() if v is not None}
                 self.tracker.log(run_id, params=params)
+            elif run_id is not None:
+                last = self.tracker.call("read a run's epochs", lambda: self._last_epoch(run_id))
+                self.logged_before[trial.trial_id] = last or 0
             self.runs[trial.trial_id] = run_id
         return self.runs[trial.trial_id]
+
+    def _last_epoch(self, run_id: str) -> int:
+        history = self.tracker.client.get_metric_history(run_id, "train_loss")
+        return max((metric.step for metric in history), default=0)
 
     def on_trial_start(self, iteration, trials, trial, **info) -> None:
         run_id = self._run(trial)
@@ -169,8 +178,13 @@ class MlflowTrials(tune.Callback):
             self.tracker.client.update_run(run_id, status="RUNNING")
 
     def on_trial_result(self, iteration, trials, trial, result, **info) -> None:
+        run_id, epoch = self._run(trial), result.get("epoch", 0)
+        # A resumed trial may train again an epoch the interrupted session logged (one that
+        # ended after its last checkpoint): each epoch is a step once.
+        if epoch <= self.logged_before.get(trial.trial_id, 0):
+            return
         metrics = {key: result.get(key) for key in METRICS}
-        self.tracker.log(self._run(trial), metrics=metrics, step=result.get("epoch", 0))
+        self.tracker.log(run_id, metrics=metrics, step=epoch)
 
     def on_trial_complete(self, iteration, trials, trial, **info) -> None:
         self._end(trial, error=False)
