@@ -257,14 +257,13 @@ def best_result(results: tune.ResultGrid, config: ExperimentConfig) -> tune.Resu
         if isinstance(v := r.metrics.get(config.metric), (int, float)) and np.isfinite(v)
     ]
     if config.scheduler.retrains and candidates:
-        rungs = {
-            id(r): rung_reached(
-                r.metrics.get(TRAINING_ITERATION, 0), epoch_budget(r.config, config.trial.epochs)
-            )
-            for r in candidates
-        }
-        furthest = max(rungs.values())
-        candidates = [r for r in candidates if rungs[id(r)] == furthest]
+
+        def rung(r: tune.Result) -> int:
+            epochs = r.metrics.get(TRAINING_ITERATION, 0)
+            return rung_reached(epochs, epoch_budget(r.config, config.trial.epochs))
+
+        furthest = max(map(rung, candidates))
+        candidates = [r for r in candidates if rung(r) == furthest]
     if not candidates:
         return None
     pick = max if config.mode == "max" else min

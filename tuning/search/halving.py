@@ -69,7 +69,3 @@ class Rungs:
                     self.promoted[rung].add(number)
                     return Promotion(entries[number][1], number, self.budgets[rung + 1])
         return None
-
-    def counts(self) -> list[int]:
-        """Finished trials per budget."""
-        return [len(entries) for entries in self.finished]
