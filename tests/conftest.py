@@ -52,6 +52,24 @@ def local_trainable(data, log_dir: Path) -> type:
     return Local
 
 
+def continued_epoch(first, data, other_seed: int = 7) -> tuple[dict, dict]:
+    """The epoch `first` (a `Training` on `data`) trains next, and the same epoch trained by a
+    fresh `Training` of another seed restored from `first`'s checkpoint, as a trainable does."""
+    import torch
+
+    from trainable.checkpoint import restore_training, training_state
+    from trainable.loop import Training
+
+    saved = io.BytesIO()
+    torch.save(training_state(first), saved)
+    expected = first.train_epoch()
+    trial = first.trial.model_copy(update={"seed": other_seed})
+    second = Training(trial, data, first.device)
+    saved.seek(0)
+    restore_training(second, torch.load(saved, map_location=first.device, weights_only=True))
+    return expected, second.train_epoch()
+
+
 def make_image_folder(
     root: Path, classes: list[str], per_class: int, size: tuple[int, int] = (8, 8), ext=".png"
 ) -> Path:

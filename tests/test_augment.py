@@ -3,8 +3,8 @@
 import pytest
 import torch
 
+from tests.conftest import continued_epoch
 from trainable.augment import crop_flip, cutout, mix, translate
-from trainable.checkpoint import restore_training, training_state
 from trainable.data import DataConfig, load_dataset
 from trainable.loop import Training
 from trainable.settings import TrialConfig
@@ -163,20 +163,13 @@ def test_training_batches_keep_labels_and_evaluation_never_augments(data):
 
 @pytest.mark.parametrize("mixing", [{}, {"mixup": 0.4}, {"cutmix": 1.0}])
 def test_an_augmented_run_restores_exactly_and_mixing_changes_it(data, mixing):
-    import io
-
     # An MLP: quick, and the augmentation streams are what must be restored.
     plain = AUGMENTED.model_copy(update={"model": "mlp", "hidden": 16})
     config = plain.model_copy(update=mixing)
     first = Training(config, data, torch.device("cpu"))
     first.train_epoch()
-    saved = io.BytesIO()
-    torch.save(training_state(first), saved)
-    expected = first.train_epoch()
-    second = Training(config.model_copy(update={"seed": 7}), data, torch.device("cpu"))
-    saved.seek(0)
-    restore_training(second, torch.load(saved, weights_only=True))
-    assert second.train_epoch()["train_loss"] == expected["train_loss"]
+    expected, got = continued_epoch(first, data)
+    assert got["train_loss"] == expected["train_loss"]
     if mixing:
         unmixed = Training(plain, data, torch.device("cpu"))
         unmixed.train_epoch()

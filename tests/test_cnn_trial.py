@@ -64,16 +64,22 @@ def test_family_configs_start_inside_their_space(name):
         assert dist.nearest(getattr(config.trial, key)) == getattr(config.trial, key), key
 
 
-def test_the_cnn_config_searches_the_new_dimensions():
+def test_the_cnn_config_starts_from_the_airbench_recipe_and_searches_around_it():
     config = load_config(REPO / "configs" / "optuna-cnn.yaml")
-    assert config.trial.model == "cnn" and config.scheduler.kind == "asha"
-    assert {"augment", "label_smoothing", "schedule", "warmup", "width"} <= set(config.search.space)
+    trial = config.trial
+    assert trial.model == "airbench" and trial.optimizer == "sgd" and trial.momentum < 0.9
+    assert trial.label_smoothing == 0.2 and trial.crop_padding == 2
+    assert trial.tta == "flip_translate"
+    assert config.scheduler.kind == "halving" and config.scheduler.rungs(trial.epochs)
+    assert {"lr", "momentum", "weight_decay", "label_smoothing", "width"} <= set(
+        config.search.space
+    )
 
 
-def test_the_mlp_config_screens_the_residual_family_short_and_trains_its_choice_long():
+def test_the_mlp_config_screens_short_and_trains_its_choice_long():
     config = load_config(REPO / "configs" / "optuna-mlp.yaml")
     trial = config.trial
-    assert trial.model == "resmlp" and trial.depth > 1 and trial.expansion > 1
+    assert trial.model == "mlp" and trial.depth == 1  # the original's network, wider
     assert config.scheduler.kind == "halving" and config.scheduler.rungs(trial.epochs)
     assert config.final_epochs > trial.epochs and config.final.seeds >= 2
     assert trial.mixup > 0 and trial.tta == "flip_translate"

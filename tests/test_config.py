@@ -62,7 +62,7 @@ def write(tmp_path, text: str) -> Path:
         ("trial: {lrr: 0.1}", "trial.lrr: unknown key"),
         ("bogus: 1", "bogus: unknown key"),
         ("search: {grid: {lr: []}}", "empty list"),
-        ("search: {grid: {momentum: [0.9]}}", "'momentum' is not a trial parameter"),
+        ("search: {grid: {nesterov: [true]}}", "'nesterov' is not a trial parameter"),
         ("search: {grid: {lr: [0.1, -1]}}", "greater than 0"),
         ("data: {val_size: -1}", "data.val_size"),
         ("data: {val_size: 0}", "needs a validation split"),
@@ -78,7 +78,10 @@ def write(tmp_path, text: str) -> Path:
         ("trial: {cutout: -4}", "trial.cutout"),
         ("trial: {epochs: 4, warmup: 4}", "warm-up of 4.0 epochs does not end before"),
         ("search: {grid: {epochs: [2, 8]}}\ntrial: {warmup: 3}", "the run's 2 epochs"),
-        ("search: {grid: {width: [16, 32]}}", "search.grid.width only affects model cnn"),
+        (
+            "search: {grid: {width: [16, 32]}}",
+            "search.grid.width only affects model airbench or cnn",
+        ),
         (
             "trial: {model: cnn}\nsearch: {kind: optuna, space: {depth: {choice: [1, 2]}}}",
             "search.space.depth only affects model mlp",

@@ -64,6 +64,26 @@ def test_halving_needs_optuna_and_epochs_left_to_it():
             ExperimentConfig.model_validate({**base, "search": search})
 
 
+@pytest.mark.parametrize("samples, retrains", [(1, False), (3, False), (4, True)])
+def test_a_search_too_small_to_promote_trains_every_trial_its_full_budget(
+    tmp_path, samples, retrains
+):
+    from tuning.search.plan import build_plan
+
+    space = {"lr": {"loguniform": [1e-4, 1e-2]}}
+    config = ExperimentConfig.model_validate(
+        {
+            "trial": {"epochs": 9},
+            "search": {"kind": "optuna", "num_samples": samples, "space": space},
+            "scheduler": {"kind": "halving", "grace_period": 1},
+        }
+    )
+    plan = build_plan(config, tmp_path)
+    first = plan.search_alg.suggest("t0")
+    assert first.get("epochs", 9) == (1 if retrains else 9)
+    assert any("halving needs more than 3" in note for note in plan.notes) != retrains
+
+
 def finish(searcher: StudySearcher, trial_id: str, config: dict, value: float) -> None:
     result = {"val_acc": value, "training_iteration": config["epochs"], "epoch": config["epochs"]}
     searcher.on_trial_result(trial_id, result)

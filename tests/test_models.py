@@ -123,4 +123,4 @@ def test_resmlp_is_an_embedding_residual_blocks_a_norm_and_a_head():
 def test_family_settings_are_read_by_the_families_that_name_them():
     assert readers("hidden") == {"mlp", "resmlp"}
     assert readers("expansion") == {"resmlp"}
-    assert readers("width") == {"cnn"}
+    assert readers("width") == {"cnn", "airbench"}

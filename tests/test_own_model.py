@@ -1,6 +1,5 @@
 """A model of the user's own, named by an import path: built, checked, searched, trained."""
 
-import io
 import re
 import subprocess
 import sys
@@ -10,8 +9,7 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tests.conftest import REPO, importable_module, script_command
-from trainable.checkpoint import restore_training, training_state
+from tests.conftest import REPO, continued_epoch, importable_module, script_command
 from trainable.data import DataConfig, load_dataset
 from trainable.families import FAMILIES, ModelError, build_model, check_model, readers
 from trainable.loop import Training
@@ -176,13 +174,7 @@ def test_an_own_model_trains_through_autograd_and_restores_exactly(own_module):
     assert isinstance(first.step, AutogradStep)
     assert not first.data.channels_last  # a user's model keeps the plain layout
     first.train_epoch()
-    saved = io.BytesIO()
-    torch.save(training_state(first), saved)
-    expected = first.train_epoch()
-    second = Training(trial.model_copy(update={"seed": 3}), data, torch.device("cpu"))
-    saved.seek(0)
-    restore_training(second, torch.load(saved, weights_only=True))
-    got = second.train_epoch()
+    expected, got = continued_epoch(first, data)
     assert got["train_loss"] == expected["train_loss"]
     assert first.model.scale == 0.5
     assert first.evaluate("val")["val_acc"] > 0.25  # chance is 0.1

@@ -48,7 +48,9 @@ class ResMLPSettings(MLPSettings):
 
 
 class CNNSettings(BaseModel):
-    width: int = Field(32, ge=1)  # stem channels; the two stages have 2x and 4x this
+    # cnn: the stem's channels, its two stages 2x and 4x this; airbench: the first conv group's
+    # channels, the second and third 2x and 4x this
+    width: int = Field(32, ge=1)
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,7 @@ FAMILIES: dict[str, Family] = {
     "mlp": Family(MLPSettings, "trainable.mlp:mlp"),
     "resmlp": Family(ResMLPSettings, "trainable.resmlp:resmlp"),
     "cnn": Family(CNNSettings, "trainable.cnn:cnn", convolutional=True),
+    "airbench": Family(CNNSettings, "trainable.airbench:airbench", convolutional=True),
 }
 
 

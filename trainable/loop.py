@@ -23,6 +23,8 @@ from trainable.steps import make_step
 # transient memory small (a 1024-image float batch is 12 MiB).
 EVAL_BATCH = 1024
 DIVERGENCE_CHECK = 50  # steps between looks at the running loss: a host sync each time
+# Training images that layers set from the data see (airbench's whitening: 5000 images' patches).
+FIT_IMAGES = 5000
 
 # Test-time augmentation: each view ((down, right) shift in pixels, mirrored) and its weight.
 # flip_translate is airbench's: the image and its mirror at half the weight, the same one
@@ -53,7 +55,7 @@ def make_optimizer(trial: TrialConfig, params) -> torch.optim.Optimizer:
     if trial.optimizer == "adamw":
         return torch.optim.AdamW(params, lr=lr, weight_decay=decay, fused=True)
     return torch.optim.SGD(
-        params, lr=lr, momentum=0.9, nesterov=True, weight_decay=decay, fused=True
+        params, lr=lr, momentum=trial.momentum, nesterov=True, weight_decay=decay, fused=True
     )
 
 
@@ -78,6 +80,16 @@ def fast_paths(device_type: str, convolutional: bool) -> FastPaths:
     return FastPaths(channels_last=True, autocast=torch.bfloat16 if device_type == "cuda" else None)
 
 
+def fit_to_data(model: torch.nn.Module, data: DeviceData) -> None:
+    """Let each layer that has a `fit_to_data(images)` method (airbench's whitening; a user's
+    model may have them too) set itself from the first FIT_IMAGES normalised training images."""
+    layers = [layer for layer in model.modules() if callable(getattr(layer, "fit_to_data", None))]
+    if layers:
+        images = data.normalise(data.train[0][:FIT_IMAGES])
+        for layer in layers:
+            layer.fit_to_data(images)
+
+
 class Training:
     """One trial's model, optimiser and step, its data on the device, and its epoch count."""
 
@@ -97,6 +109,7 @@ class Training:
         # Shuffling has its own generator so its stream is saved and restored exactly.
         self.shuffle = torch.Generator().manual_seed(trial.seed)
         self.data = DeviceData(data, device, trial, self.fast.channels_last)
+        fit_to_data(model, self.data)
         self.epoch = 0
 
     def autocast(self) -> contextlib.AbstractContextManager:

@@ -50,7 +50,8 @@ class ModelChoice(BaseModel):
 
 
 class TrainingSettings(BaseModel):
-    optimizer: Optimizer = "adam"  # sgd: Nesterov momentum 0.9; all fused
+    optimizer: Optimizer = "adam"  # sgd: with Nesterov momentum; all fused
+    momentum: float = Field(0.9, ge=0, lt=1)  # sgd only (airbench: 0.85)
     lr: float = Field(0.001, gt=0)  # the peak rate: reached after warm-up
     batch_size: int = Field(64, ge=1)  # images per training step
     epochs: int = Field(5, ge=1)  # passes over the training split: the trial's budget
@@ -77,10 +78,11 @@ class TrainingSettings(BaseModel):
     seed: int = 0  # initialisation, shuffling, augmentation and dropout
 
 
-# Bases in reverse of the fields' order: the model first, then each family's settings.
+# Bases in reverse of the fields' order: the model first, then each family's settings (once
+# each: families may share them).
 class TrialConfig(
     TrainingSettings,
-    *reversed([family.settings for family in FAMILIES.values()]),
+    *reversed(list(dict.fromkeys(family.settings for family in FAMILIES.values()))),
     ModelChoice,
     Strict,
 ):

@@ -58,7 +58,7 @@ def build_plan(config: ExperimentConfig, run_dir: Path) -> SearchPlan:
     try:
         if kind == "optuna":
             points = [{param_name(key): value for key, value in p.items()} for p in first]
-            search_alg = _optuna_searcher(config, points, run_dir)
+            search_alg = _optuna_searcher(config, points, run_dir, notes)
         elif kind == "random":
             search_alg = BasicVariantGenerator(
                 points_to_evaluate=[nested(point) for point in first] or None,
@@ -90,7 +90,9 @@ def _warm_start(
     return [p for p in first if {param_name(k): v for k, v in p.items()} not in known]
 
 
-def _optuna_searcher(config: ExperimentConfig, points: list[dict], run_dir: Path) -> Searcher:
+def _optuna_searcher(
+    config: ExperimentConfig, points: list[dict], run_dir: Path, notes: list[str]
+) -> Searcher:
     """Optuna's TPE over the run's study, in SQLite in the run folder: the study outlives the
     run, resumes, and optuna-dashboard reads it. `run_tuner` limits its concurrency."""
     tpe = config.search.tpe
@@ -103,7 +105,15 @@ def _optuna_searcher(config: ExperimentConfig, points: list[dict], run_dir: Path
     study = open_study(run_dir, metric=config.metric, mode=config.mode, sampler=sampler)
     epochs, scheduler = config.trial.epochs, config.scheduler
     rungs = None
-    if scheduler.kind == "halving":
+    samples, factor = config.search.num_samples, scheduler.reduction_factor
+    if scheduler.kind == "halving" and samples <= factor:
+        # A rung promotes once it holds `factor` trials, and a promotion is one trial more:
+        # with fewer, halving would train nothing to the full budget.
+        notes.append(
+            f"halving needs more than {factor:g} trials to promote one; with {samples} each "
+            f"trains its full {epochs} epochs"
+        )
+    elif scheduler.kind == "halving":
         rungs = Rungs(
             budgets=[*scheduler.rungs(epochs), epochs],
             reduction_factor=scheduler.reduction_factor,
