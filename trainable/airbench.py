@@ -69,14 +69,13 @@ class ShiftNorm(nn.BatchNorm2d):
         self.shift = nn.Parameter(torch.zeros(channels))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        use_batch = self.training or self.running_mean is None
         return F.batch_norm(
             x,
             self.running_mean,
             self.running_var,
             None,
             self.shift * SHIFT_GAIN,
-            use_batch,
+            self.training,  # running statistics are always kept: eval mode uses them
             self.momentum,
             self.eps,
         )

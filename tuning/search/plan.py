@@ -116,7 +116,7 @@ def _optuna_searcher(
     elif scheduler.kind == "halving":
         rungs = Rungs(
             budgets=[*scheduler.rungs(epochs), epochs],
-            reduction_factor=scheduler.reduction_factor,
+            reduction_factor=factor,
             maximize=config.mode == "max",
         )
     return StudySearcher(
