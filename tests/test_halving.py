@@ -1,19 +1,26 @@
 """Successive halving by retraining: no configuration passes a rung for arriving first, the
 best of each rung trains again with the next budget, and the searcher's rungs survive a save
-and restore (a resumed search continues them)."""
+and restore (a resumed search continues them), also when the run is killed and resumed."""
 
 import math
+import os
+import pickle
+import signal
 
 import optuna
+import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
+from tests.conftest import finished_trials, run_script, start_script
+from tests.test_cli import wait_for
 from tuning.config import ExperimentConfig
-from tuning.config.keys import PROMOTES_MARK
+from tuning.config.keys import PROMOTES_MARK, TUNE_TRIAL_MARK
 from tuning.config.schema import SchedulerConfig
 from tuning.results.summary import budget_lines
 from tuning.search.halving import Rungs
 from tuning.search.searcher import StudySearcher
+from tuning.search.study import study_file, study_url
 
 COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED
 
@@ -157,3 +164,68 @@ def test_the_chosen_trial_is_the_best_of_the_furthest_rung_a_trial_finished():
     assert best_result([*first_rung, cut], config) is first_rung[1]
     finished = trial(9, 9, 0.39)
     assert best_result([*first_rung, *second_rung, cut, finished], config) is finished
+
+
+# A halving search of 4-epoch trials (rungs at 1 and 2 epochs, factor 2), one trial at a time,
+# slow enough (~1 s an epoch) to be killed between its rungs.
+SLOW_HALVING = [
+    "--smoke",
+    "--no-dashboard",
+    "--no-report",
+    "--set",
+    "search.space={lr: {loguniform: [0.0005, 0.005]}}",
+    "--set",
+    "trial.hidden=1024",
+    "--set",
+    "trial.epochs=4",
+    "--set",
+    "data.train_subset=4000",
+    "--set",
+    "search.num_samples=8",
+    "--set",
+    "search.max_concurrent=1",
+    "--set",
+    "scheduler.reduction_factor=2",
+    "--set",
+    "final.top_k=0",
+]
+
+
+@pytest.mark.slow
+def test_a_killed_halving_search_resumes_with_its_rungs(tmp_path):
+    run = tmp_path / "h"
+    proc = start_script("tuning/run_optuna.py", *SLOW_HALVING, "--results-dir", str(tmp_path),
+                        "--name", "h")  # fmt: skip
+    try:  # two trials through the first rung, the third started: a rung with entries to keep
+        wait_for(lambda: len(finished_trials(run / "ray", epochs=1)) >= 3, timeout=300)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray, no goodbye
+        proc.wait()
+    study = optuna.load_study(study_name="h", storage=study_url(run))
+    before = {
+        t.user_attrs[TUNE_TRIAL_MARK]: t.number for t in study.trials if t.state.is_finished()
+    }
+    logs = {p.name: (p / "result.json").read_text() for p in run.glob("ray/*/") if p.name in before}
+    assert len(before) >= 2
+
+    resumed = run_script("tuning/run_optuna.py", "--results-dir", str(tmp_path), "--name", "h",
+                         "--resume", "--no-dashboard", "--no-report")  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    trials = pq.read_table(run / "trials.parquet").to_pylist()
+    assert all(t["epochs_completed"] == t["epochs"] for t in trials)  # each its own budget
+    assert {t["epochs"] for t in trials} <= {1, 2, 4} and max(t["epochs"] for t in trials) == 4
+    for trial_id, log in logs.items():  # finished before the kill: not trained again
+        assert (run / "ray" / trial_id / "result.json").read_text() == log
+
+    # The resumed searcher's first rung still holds the trials that finished it before the kill
+    # (a searcher rebuilt from nothing would hold only those after), and no configuration was
+    # promoted twice.
+    budgets = {t["trial_id"]: t["epochs"] for t in trials}
+    state = max((run / "ray").glob("searcher-state-*.pkl"), key=lambda p: p.stat().st_mtime)
+    with study_file(run / "study.db"):
+        rungs = pickle.loads(state.read_bytes())["rungs"]
+    first_rung_before = {n for trial_id, n in before.items() if budgets[trial_id] == 1}
+    assert len(first_rung_before) >= 2 and first_rung_before <= set(rungs.finished[0])
+    study = optuna.load_study(study_name="h", storage=study_url(run))
+    sources = [t.user_attrs[PROMOTES_MARK] for t in study.trials if PROMOTES_MARK in t.user_attrs]
+    assert sources and len(set(sources)) == len(sources), sources
