@@ -6,6 +6,7 @@ import time
 
 import pytest
 import torch
+import yaml
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -134,3 +135,20 @@ def test_the_search_benchmark_takes_each_seeds_best_full_budget_value_by_then():
     assert summary["default"]["test_mean"] == pytest.approx(0.54)
     assert summary["default"]["full_budget_trials"] == 2.5
     assert summary["random"]["final_val_mean"] is None  # no trial trained the full budget
+
+
+def test_the_search_benchmarks_wide_space_reaches_every_method_as_one_set_item():
+    from search_efficiency import SPACES, common_overrides
+
+    from tuning.config import load_config
+
+    overrides = common_overrides(200, 1, "wide")
+    config = load_config(REPO / "configs" / "optuna.yaml", overrides)
+    shipped = load_config(REPO / "configs" / "optuna.yaml", [])
+    wide_space = yaml.safe_load(SPACES["wide"].read_text())
+    assert set(config.search.space) == set(wide_space)
+    assert len(wide_space) > len(shipped.search.space)
+    assert config.search.space["augment"].choice == ["none", "flip", "crop_flip"]
+    assert config.search.space["lr"].loguniform == (1e-5, 0.1)
+    assert config.search.seed == 1 and config.final.top_k == 0
+    assert common_overrides(200, 1, "shipped") == overrides[:-1]  # the config's own space

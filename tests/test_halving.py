@@ -86,8 +86,8 @@ def test_a_search_too_small_to_promote_trains_every_trial_its_full_budget(
         }
     )
     plan = build_plan(config, tmp_path)
-    first = plan.search_alg.suggest("t0")
-    assert first.get("epochs", 9) == (1 if retrains else 9)
+    assert plan.search_alg.suggest("t0").get("epochs", 9) == 9  # the first point: in full
+    assert plan.search_alg.suggest("t1").get("epochs", 9) == (1 if retrains else 9)
     assert any("halving needs more than 3" in note for note in plan.notes) != retrains
 
 
@@ -104,9 +104,10 @@ def test_the_searcher_sets_budgets_promotes_and_keeps_its_rungs_over_a_restore(t
         study=study, space=space, metric="val_acc", mode="max", epochs=9,
         points=[{"lr": 0.001}], rungs=Rungs(budgets=[1, 3, 9], reduction_factor=3, maximize=True),
     )  # fmt: skip
+    assert searcher.suggest("start") == {"lr": 0.001, "epochs": 9}  # the first point: in full
+    finish(searcher, "start", {"epochs": 9}, 0.5)
     configs = {f"t{i}": searcher.suggest(f"t{i}") for i in range(3)}
-    assert configs["t0"] == {"lr": 0.001, "epochs": 1}  # the first point, at the first rung
-    assert {c["epochs"] for c in configs.values()} == {1}
+    assert {c["epochs"] for c in configs.values()} == {1}  # new configurations: the first rung
     for value, trial_id in zip([0.3, 0.6, 0.4], configs, strict=True):
         finish(searcher, trial_id, configs[trial_id], value)
     searcher.save(str(tmp_path / "searcher.pkl"))
@@ -116,10 +117,11 @@ def test_the_searcher_sets_budgets_promotes_and_keeps_its_rungs_over_a_restore(t
     assert promoted == {**configs["t1"], "epochs": 3}  # the best of three, retrained longer
     # An in-memory study is pickled with the searcher (study.db's storage reopens its file).
     trials = restored.study.get_trials(deepcopy=False)
-    assert [t.state for t in trials[:3]] == [PRUNED] * 3  # below the full budget
-    assert trials[3].user_attrs[PROMOTES_MARK] == trials[1].number
+    assert trials[0].state == COMPLETE and trials[0].value == 0.5
+    assert [t.state for t in trials[1:4]] == [PRUNED] * 3  # below the full budget
+    assert trials[4].user_attrs[PROMOTES_MARK] == trials[2].number
     finish(restored, "t3", promoted, 0.7)
-    assert restored.study.get_trials(deepcopy=False)[3].state == PRUNED
+    assert restored.study.get_trials(deepcopy=False)[4].state == PRUNED
     assert restored.suggest("t4")["epochs"] == 1  # rung 3 holds one: nothing earned yet
 
 
@@ -196,8 +198,10 @@ def test_a_killed_halving_search_resumes_with_its_rungs(tmp_path):
     run = tmp_path / "h"
     proc = start_script("tuning/run_optuna.py", *SLOW_HALVING, "--results-dir", str(tmp_path),
                         "--name", "h")  # fmt: skip
-    try:  # two trials through the first rung, the third started: a rung with entries to keep
-        wait_for(lambda: len(finished_trials(run / "ray", epochs=1)) >= 3, timeout=300)
+    # The first point (its full budget) and two trials through the first rung, the promotion
+    # they earned started: a rung with entries to keep.
+    try:
+        wait_for(lambda: len(finished_trials(run / "ray", epochs=1)) >= 4, timeout=300)
     finally:
         os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray, no goodbye
         proc.wait()

@@ -5,10 +5,10 @@ Each Tune trial is a trial of the run's study (`study.db`): asked when Tune want
 configuration, its metric reported at every epoch, told at its end with the state its
 `Outcome` maps to (a trial a scheduler stopped is PRUNED, not COMPLETE level with trials that
 trained their whole budget). With `rungs` (successive halving, tuning/search/halving.py) the
-searcher also sets each trial's budget: a promotion or a new configuration at the first rung; a
-trial that finished a rung below the full budget is PRUNED there. A trial an interruption ended
-(FAIL) that a resumed run continues goes on as a new study trial with the same parameters,
-marked with the one it resumes.
+searcher also sets each trial's budget: a promotion, the first point at the full budget, or a
+new configuration at the first rung; a trial that finished a rung below the full budget is
+PRUNED there. A trial an interruption ended (FAIL) that a resumed run continues goes on as a new
+study trial with the same parameters, marked with the one it resumes.
 """
 
 from __future__ import annotations
@@ -52,6 +52,7 @@ class StudySearcher(Searcher):
         # Enqueued one at a time, just before their ask: a promotion's enqueue must not queue
         # behind them.
         self.points = list(points)
+        self.incumbent_pending = bool(self.points)  # halving: see `suggest`
         self.trials: dict[str, optuna.Trial] = {}  # Tune's trial id → its running study trial
         self.reported: dict[str, int] = {}  # Tune's trial id → the last epoch reported
         # Tune's trial id → the budget `suggest` set (halving): the result Tune hands to
@@ -65,18 +66,23 @@ class StudySearcher(Searcher):
 
     def suggest(self, trial_id: str) -> dict[str, Any]:
         promotion = self.rungs.promotion() if self.rungs else None
+        budget = self.rungs.first if self.rungs else None
         if promotion:
+            budget = promotion.budget
             self.study.enqueue_trial(promotion.params, user_attrs={PROMOTES_MARK: promotion.number})
         elif self.points:
+            # The first point is the configuration the user starts from: it trains the full
+            # budget at once, so that the search never ends on something worse than it (cut
+            # at a short rung, a configuration whose regularisation pays late would be lost).
+            if self.incumbent_pending:
+                budget, self.incumbent_pending = self.epochs, False
             self.study.enqueue_trial(self.points.pop(0))
         trial = self.study.ask(self.space)
         trial.set_user_attr(TUNE_TRIAL_MARK, trial_id)
         self.trials[trial_id] = trial
         config = nested(trial.params, sep=PARAM_SEPARATOR)
         if self.rungs:
-            config["epochs"] = self.budgets[trial_id] = (
-                promotion.budget if promotion else self.rungs.first
-            )
+            config["epochs"] = self.budgets[trial_id] = budget
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
