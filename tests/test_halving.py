@@ -125,6 +125,19 @@ def test_the_searcher_sets_budgets_promotes_and_keeps_its_rungs_over_a_restore(t
     assert restored.suggest("t4")["epochs"] == 1  # rung 3 holds one: nothing earned yet
 
 
+def test_a_searcher_saved_before_the_first_point_rule_resumes(tmp_path):
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
+    space = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
+    rungs = Rungs(budgets=[1, 3, 9], reduction_factor=3, maximize=True)
+    searcher = StudySearcher(study=study, space=space, metric="val_acc", mode="max", epochs=9,
+                             points=[{"lr": 0.001}], rungs=rungs)  # fmt: skip
+    del searcher.incumbent_pending  # the state an older version pickled
+    searcher.save(str(tmp_path / "searcher.pkl"))
+    restored = StudySearcher.__new__(StudySearcher)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("t0") == {"lr": 0.001, "epochs": 1}  # as that version would
+
+
 def test_the_budget_lines_count_trials_per_rung_and_time_below_the_full_budget():
     rows = [
         {"status": "completed", "epochs": 1, "epochs_completed": 1, "train_time_s": 10.0},

@@ -36,6 +36,8 @@ class StudySearcher(Searcher):
     """Proposes each trial's searched settings from `study` through `space` (Optuna's parameter
     names, `/` for a nested setting) and records the trial there; `points` are asked first."""
 
+    incumbent_pending = False  # what a searcher saved before the first-point rule resumes with
+
     def __init__(
         self,
         *,
