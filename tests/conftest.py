@@ -6,8 +6,10 @@ import contextlib
 import io
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -147,6 +149,23 @@ def start_script(script: str, *args: str, env: dict | None = None) -> subprocess
         text=True,
         start_new_session=True,
     )
+
+
+def wait_for(condition, timeout: float = 240) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, "timed out waiting for the run to progress"
+        time.sleep(0.5)
+
+
+def kill_when(proc: subprocess.Popen, condition, timeout: float = 240) -> None:
+    """SIGKILL the process group `start_script` gave `proc` (no goodbye) once `condition()`
+    holds, or when the wait for it fails."""
+    try:
+        wait_for(condition, timeout)
+    finally:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker

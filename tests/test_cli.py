@@ -6,7 +6,6 @@ import re
 import shlex
 import signal
 import subprocess
-import time
 import urllib.request
 from pathlib import Path
 
@@ -14,7 +13,15 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
-from tests.conftest import REPO, finished_trials, run_main, run_script, start_script
+from tests.conftest import (
+    REPO,
+    finished_trials,
+    kill_when,
+    run_main,
+    run_script,
+    start_script,
+    wait_for,
+)
 from tuning.results.tables import EPOCH_FIELDS, TRIAL_FIELDS
 
 
@@ -121,13 +128,6 @@ def test_optuna_smoke_writes_tables_study_and_summary(tmp_path):
     assert (run / "param_importances.png").exists()  # two trials with a result: enough
 
 
-def wait_for(condition, timeout: float = 240) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, "timed out waiting for the run to progress"
-        time.sleep(0.5)
-
-
 # Three trials of 5 epochs, one at a time, slow enough (~1 s an epoch) to be killed mid-run.
 SLOW_GRID = [
     "--smoke",
@@ -148,13 +148,9 @@ def test_a_killed_run_resumes_without_rerunning_finished_trials(tmp_path):
     args = [*SLOW_GRID, "--results-dir", str(tmp_path), "--name", "r"]
     run = tmp_path / "r"
     proc = start_script("tuning/run_grid.py", *args, "--set", "trial.epochs=5")
-    try:
-        wait_for(
-            lambda: len(finished_trials(run / "ray")) >= 1 and len(list(run.glob("ray/*"))) >= 2
-        )
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and the Ray it started, no goodbye
-        proc.wait()
+    kill_when(  # the driver and the Ray it started
+        proc, lambda: len(finished_trials(run / "ray")) >= 1 and len(list(run.glob("ray/*"))) >= 2
+    )
     done = {p.name: (p / "result.json").read_text() for p in finished_trials(run / "ray")}
 
     again = run_script("tuning/run_grid.py", "--results-dir", str(tmp_path), "--name", "r")

@@ -20,8 +20,14 @@ import pytest
 import ray.util
 import yaml
 
-from tests.conftest import finished_trials, make_image_folder, run_script, start_script
-from tests.test_cli import SLOW_GRID, wait_for
+from tests.conftest import (
+    finished_trials,
+    kill_when,
+    make_image_folder,
+    run_script,
+    start_script,
+)
+from tests.test_cli import SLOW_GRID
 
 # Token authentication, with a token made for this cluster: nothing read from or left in ~/.ray.
 AUTH = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
@@ -165,13 +171,9 @@ def test_a_run_on_the_cluster_resumes_from_its_storage_after_the_driver_dies(clu
         *args,
         env=AUTH,
     )
-    try:
-        wait_for(
-            lambda: len(finished_trials(tune_dir)) >= 1 and len(list(tune_dir.glob("*_*"))) >= 2
-        )
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver only: the cluster's nodes live on
-        proc.wait()
+    kill_when(  # the driver only: the cluster's nodes live on
+        proc, lambda: len(finished_trials(tune_dir)) >= 1 and len(list(tune_dir.glob("*_*"))) >= 2
+    )
     done = {p.name: (p / "result.json").read_text() for p in finished_trials(tune_dir)}
     run = tmp_path / "results" / "r"
     assert yaml.safe_load((run / "config.yaml").read_text())["run"]["storage"] == f"file://{store}"

@@ -1,13 +1,9 @@
 """Finalists: the search's best configurations re-run over fresh seeds, through Ray, and resumed."""
 
-import os
-import signal
-
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO, finished_trials, run_script, start_script
-from tests.test_cli import wait_for
+from tests.conftest import REPO, finished_trials, kill_when, run_script, start_script
 from trainable.data import load_dataset
 from tuning.config import ConfigError, ExperimentConfig, load_config, smoke_overrides
 from tuning.results.groups import final_groups, grid_groups, verdict_lines
@@ -166,11 +162,8 @@ def test_a_run_killed_while_finalising_resumes_the_finalists(tmp_path):
     run = tmp_path / "f"
     proc = start_script("tuning/run_optuna.py", *SLOW_FINAL, "--results-dir", str(tmp_path),
                         "--name", "f")  # fmt: skip
-    try:
-        wait_for(lambda: len(finished_trials(run / FINAL_FOLDER)) >= 1, timeout=400)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray, mid-finalisation
-        proc.wait()
+    # The driver and its Ray, mid-finalisation.
+    kill_when(proc, lambda: len(finished_trials(run / FINAL_FOLDER)) >= 1, timeout=400)
     search_logs = {
         p.name: (p / "result.json").read_text() for p in run.glob("ray/*/") if p.is_dir()
     }

@@ -3,17 +3,14 @@ best of each rung trains again with the next budget, and the searcher's rungs su
 and restore (a resumed search continues them), also when the run is killed and resumed."""
 
 import math
-import os
 import pickle
-import signal
 
 import optuna
 import pyarrow.parquet as pq
 import pytest
 from pydantic import ValidationError
 
-from tests.conftest import finished_trials, run_script, start_script
-from tests.test_cli import wait_for
+from tests.conftest import finished_trials, kill_when, run_script, start_script
 from tuning.config import ExperimentConfig
 from tuning.config.keys import PROMOTES_MARK, TUNE_TRIAL_MARK
 from tuning.config.schema import SchedulerConfig
@@ -125,19 +122,6 @@ def test_the_searcher_sets_budgets_promotes_and_keeps_its_rungs_over_a_restore(t
     assert restored.suggest("t4")["epochs"] == 1  # rung 3 holds one: nothing earned yet
 
 
-def test_a_searcher_saved_before_the_first_point_rule_resumes(tmp_path):
-    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
-    space = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
-    rungs = Rungs(budgets=[1, 3, 9], reduction_factor=3, maximize=True)
-    searcher = StudySearcher(study=study, space=space, metric="val_acc", mode="max", epochs=9,
-                             points=[{"lr": 0.001}], rungs=rungs)  # fmt: skip
-    del searcher.incumbent_pending  # the state an older version pickled
-    searcher.save(str(tmp_path / "searcher.pkl"))
-    restored = StudySearcher.__new__(StudySearcher)
-    restored.restore(str(tmp_path / "searcher.pkl"))
-    assert restored.suggest("t0") == {"lr": 0.001, "epochs": 1}  # as that version would
-
-
 def test_the_budget_lines_count_trials_per_rung_and_time_below_the_full_budget():
     rows = [
         {"status": "completed", "epochs": 1, "epochs_completed": 1, "train_time_s": 10.0},
@@ -213,11 +197,7 @@ def test_a_killed_halving_search_resumes_with_its_rungs(tmp_path):
                         "--name", "h")  # fmt: skip
     # The first point (its full budget) and two trials through the first rung, the promotion
     # they earned started: a rung with entries to keep.
-    try:
-        wait_for(lambda: len(finished_trials(run / "ray", epochs=1)) >= 4, timeout=300)
-    finally:
-        os.killpg(proc.pid, signal.SIGKILL)  # the driver and its Ray, no goodbye
-        proc.wait()
+    kill_when(proc, lambda: len(finished_trials(run / "ray", epochs=1)) >= 4, timeout=300)
     study = optuna.load_study(study_name="h", storage=study_url(run))
     before = {
         t.user_attrs[TUNE_TRIAL_MARK]: t.number for t in study.trials if t.state.is_finished()

@@ -21,8 +21,8 @@ from tests.conftest import (
     run_main,
     run_script,
     start_script,
+    wait_for,
 )
-from tests.test_cli import wait_for
 from trainable.checkpoint import CHECKPOINT_FILE, ForeignCheckpointFile, check_checkpoint_folder
 from trainable.data import DataConfig, DataError, load_dataset, locate_dataset
 from trainable.files import atomic_write

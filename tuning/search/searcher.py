@@ -36,8 +36,6 @@ class StudySearcher(Searcher):
     """Proposes each trial's searched settings from `study` through `space` (Optuna's parameter
     names, `/` for a nested setting) and records the trial there; `points` are asked first."""
 
-    incumbent_pending = False  # what a searcher saved before the first-point rule resumes with
-
     def __init__(
         self,
         *,
@@ -54,7 +52,6 @@ class StudySearcher(Searcher):
         # Enqueued one at a time, just before their ask: a promotion's enqueue must not queue
         # behind them.
         self.points = list(points)
-        self.incumbent_pending = bool(self.points)  # halving: see `suggest`
         self.trials: dict[str, optuna.Trial] = {}  # Tune's trial id → its running study trial
         self.reported: dict[str, int] = {}  # Tune's trial id → the last epoch reported
         # Tune's trial id → the budget `suggest` set (halving): the result Tune hands to
@@ -73,11 +70,11 @@ class StudySearcher(Searcher):
             budget = promotion.budget
             self.study.enqueue_trial(promotion.params, user_attrs={PROMOTES_MARK: promotion.number})
         elif self.points:
-            # The first point is the configuration the user starts from: it trains the full
-            # budget at once, so that the search never ends on something worse than it (cut
-            # at a short rung, a configuration whose regularisation pays late would be lost).
-            if self.incumbent_pending:
-                budget, self.incumbent_pending = self.epochs, False
+            # The first point (the config's trial; the plan gives at most this one) is the
+            # configuration the user starts from: it trains the full budget at once, so that the
+            # search never ends on something worse than it (cut at a short rung, a configuration
+            # whose regularisation pays late would be lost).
+            budget = self.epochs
             self.study.enqueue_trial(self.points.pop(0))
         trial = self.study.ask(self.space)
         trial.set_user_attr(TUNE_TRIAL_MARK, trial_id)
