@@ -146,7 +146,7 @@ def _zoo_grid(results: Path, name: str, *sets: str) -> list[dict]:
     """A smoke grid on synthetic data with `--set` items `sets`: its trials, once it exits 0."""
     args = ("--smoke", "--no-dashboard", "--results-dir", str(results), "--name", name)
     # A ResNet-18 on a CPU: a smaller slice than the smoke's, to keep the suite quick.
-    small = ("data.train_subset=600", "data.val_size=200", "data.test_subset=200")
+    small = ("data.train_subset=200", "data.val_size=100", "data.test_subset=100")
     sets = [word for item in (*small, *sets) for word in ("--set", item)]
     proc = run_script("tuning/run_grid.py", *args, *sets, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
