@@ -23,22 +23,29 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)
 
 
-def train(args: tuple[dict, str]) -> list[float]:
-    """Val acc after each epoch of one run of `settings` (one thread)."""
+def train(args: tuple[dict, list[int], str]) -> list[float]:
+    """Val acc after each epoch of one run of `settings` (one thread) through `budgets`: the
+    first from scratch, each next one continued with the schedule restarted over its added
+    epochs (one budget: an ordinary run)."""
     import torch
 
     from trainable.data import DataConfig, load_dataset
     from trainable.loop import Training
     from trainable.settings import TrialConfig
 
-    settings, data_dir = args
+    settings, budgets, data_dir = args
     torch.set_num_threads(1)
     data = load_dataset(DataConfig(dir=data_dir))
     training = Training(TrialConfig.model_validate(settings), data, torch.device("cpu"))
-    curve = []
-    for _ in range(settings["epochs"]):
-        training.train_epoch()
-        curve.append(training.evaluate("val")["val_acc"])
+    curve, done = [], 0
+    for budget in budgets:
+        # The schedule sees a run of the added epochs, starting now.
+        training.trial = TrialConfig.model_validate({**settings, "epochs": budget - done})
+        training.epoch = 0
+        for _ in range(budget - done):
+            training.train_epoch()
+            curve.append(training.evaluate("val")["val_acc"])
+        done = budget
     return curve
 
 
@@ -70,29 +77,52 @@ def main() -> None:
     full = config.trial.epochs
     budgets = [*config.scheduler.rungs(full), full]
     configs = draw(config, args.configs, args.seed)
-    jobs = [({**c, "epochs": b}, args.data_dir) for c in configs for b in budgets]
+    # Per configuration: the chain through every budget, then each later budget from scratch.
+    runs = [budgets, *([b] for b in budgets[1:])]
+    jobs = [({**c, "epochs": full}, r, args.data_dir) for c in configs for r in runs]
     with ProcessPoolExecutor(2) as pool:
         curves = list(pool.map(train, jobs))
-    by_config = [curves[i * len(budgets) : (i + 1) * len(budgets)] for i in range(len(configs))]
-    final = [runs[-1][-1] for runs in by_config]
-    rows = []
-    for index, budget in enumerate(budgets[:-1]):
-        fitted = [runs[index][-1] for runs in by_config]
-        mid_run = [runs[-1][budget - 1] for runs in by_config]
-        rows.append(
-            {
-                "budget": budget,
-                "fitted": spearmanr(fitted, final).statistic,
-                "mid_run": spearmanr(mid_run, final).statistic,
-            }
-        )
-    args.out.write_text(json.dumps({"configs": configs, "curves": by_config, "rows": rows}))
+    by_config = [curves[i * len(runs) : (i + 1) * len(runs)] for i in range(len(configs))]
+    chains = [curves[0] for curves in by_config]
+    # Each budget's run with its schedule fitted to it: the chain's first part is the first.
+    fitted_at = {budgets[0]: [chain[budgets[0] - 1] for chain in chains]}
+    for index, budget in enumerate(budgets[1:], start=1):
+        fitted_at[budget] = [curves[index][-1] for curves in by_config]
+    final = fitted_at[full]
+    rows = [
+        {
+            "budget": budget,
+            "fitted": spearmanr(fitted_at[budget], final).statistic,
+            "mid_run": spearmanr([c[-1][budget - 1] for c in by_config], final).statistic,
+            "continued": spearmanr([chain[budget - 1] for chain in chains], final).statistic,
+        }
+        for budget in budgets[:-1]
+    ]
+    ends = [chain[-1] for chain in chains]
+    gaps = [end - scratch for end, scratch in zip(ends, final, strict=True)]
+    at_full = {
+        "spearman": spearmanr(ends, final).statistic,
+        "mean_gap": sum(gaps) / len(gaps),
+        "gaps": [min(gaps), max(gaps)],
+    }
+    args.out.write_text(
+        json.dumps({"configs": configs, "curves": by_config, "rows": rows, "full": at_full})
+    )
     print(
         f"{len(configs)} configurations, full budget {full} epochs; Spearman with the full budget:"
     )
-    print("| budget | fitted schedule, at its end | full run, at that epoch |\n|---|---|---|")
+    print("| budget | fitted schedule, at its end | full run, at that epoch | continued |")
+    print("|---|---|---|---|")
     for row in rows:
-        print(f"| {row['budget']} epochs | {row['fitted']:.2f} | {row['mid_run']:.2f} |")
+        print(
+            f"| {row['budget']} epochs | {row['fitted']:.2f} | {row['mid_run']:.2f} "
+            f"| {row['continued']:.2f} |"
+        )
+    print(
+        f"continued to {full} epochs against from scratch: Spearman {at_full['spearman']:.2f}, "
+        f"val acc {at_full['mean_gap']:+.4f} on average ({at_full['gaps'][0]:+.4f} to "
+        f"{at_full['gaps'][1]:+.4f})"
+    )
 
 
 if __name__ == "__main__":

@@ -1,4 +1,5 @@
-"""Shared fixtures: one Ray per test session, tiny image-folder trees made on the spot."""
+"""Shared fixtures and helpers: one Ray per test session, a two-node Ray cluster per module that
+asks for it, tiny configs and image-folder trees made on the spot, entry scripts run and killed."""
 
 from __future__ import annotations
 
@@ -6,15 +7,22 @@ import contextlib
 import io
 import json
 import os
+import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
+import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+from tuning.config import ExperimentConfig
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -166,6 +174,114 @@ def kill_when(proc: subprocess.Popen, condition, timeout: float = 240) -> None:
     finally:
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
+
+
+# Three trials of 5 epochs, one at a time, slow enough (~1 s an epoch) to be killed mid-run.
+SLOW_GRID = [
+    "--smoke",
+    "--no-dashboard",
+    "--set",
+    "search.grid.lr=[0.001, 0.002, 0.003]",
+    "--set",
+    "trial.hidden=1024",
+    "--set",
+    "data.train_subset=4000",
+    "--set",
+    "search.max_concurrent=1",
+]
+
+
+TINY_DATA = {"source": "synthetic", "train_subset": 600, "val_size": 200, "test_subset": 200}
+
+
+def tiny_config(**sections) -> ExperimentConfig:
+    raw = {"data": TINY_DATA, "trial": {"hidden": 8, "epochs": 3, "batch_size": 100}}
+    for key, value in sections.items():
+        raw[key] = {**raw.get(key, {}), **value}
+    return ExperimentConfig.model_validate(raw)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def start_node(*args: str, temp_dir: str, auth: dict[str, str]) -> subprocess.Popen:
+    """One node in a process group of its own; returns once Ray says it has started."""
+    log = Path(f"{temp_dir}.log")
+    command = [
+        "ray",
+        "start",
+        "--block",
+        "--num-cpus=1",
+        f"--temp-dir={temp_dir}",
+        f"--dashboard-agent-listen-port={free_port()}",  # the default port is one per machine
+        "--disable-usage-stats",
+        *args,
+    ]
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, **auth}
+    with log.open("w") as out:
+        node = subprocess.Popen(
+            command, stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    deadline = time.monotonic() + 120
+    while "Ray runtime started" not in log.read_text():
+        assert node.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+        time.sleep(0.5)
+    return node
+
+
+def stop_node(node: subprocess.Popen) -> None:
+    os.killpg(node.pid, signal.SIGTERM)
+    try:
+        node.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        os.killpg(node.pid, signal.SIGKILL)  # raylet, GCS and workers share its group
+        node.wait()
+
+
+@dataclass(frozen=True)
+class Cluster:
+    address: str
+    auth: dict[str, str]  # the environment a driver needs to join it
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Cluster:
+    """A head node and a worker node, each with one CPU and no dashboard: `ray start --block`
+    processes with temp dirs of their own, so they neither join nor disturb the test session's
+    Ray; a module's tests talk to them through the entry scripts' `--address`."""
+    import ray.util
+
+    # Token authentication, with a token made for this cluster: nothing read from or left in
+    # ~/.ray. (Made here, not at import: pytest imports this file as `conftest` and the tests
+    # as `tests.conftest`, two modules with two tokens.)
+    auth = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32)}
+
+    # Short paths: Ray's Unix sockets live under the temp dir and allow ~100 characters.
+    temp = [tempfile.mkdtemp(prefix=f"rt{role}", dir="/tmp") for role in "hw"]
+    address = f"{ray.util.get_node_ip_address()}:{free_port()}"
+    nodes = []
+    try:
+        nodes.append(
+            start_node(
+                "--head",
+                f"--port={address.rsplit(':', 1)[1]}",
+                "--include-dashboard=false",
+                f"--ray-client-server-port={free_port()}",
+                temp_dir=temp[0],
+                auth=auth,
+            )
+        )
+        nodes.append(start_node(f"--address={address}", temp_dir=temp[1], auth=auth))
+        yield Cluster(address, auth)
+    finally:
+        for node in reversed(nodes):
+            stop_node(node)
+        for folder in temp:
+            shutil.rmtree(folder, ignore_errors=True)
+            Path(f"{folder}.log").unlink(missing_ok=True)
 
 
 @pytest.hookimpl(tryfirst=True)  # before `-m` deselects by marker

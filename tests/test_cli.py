@@ -15,6 +15,7 @@ import yaml
 
 from tests.conftest import (
     REPO,
+    SLOW_GRID,
     finished_trials,
     kill_when,
     run_main,
@@ -126,21 +127,6 @@ def test_optuna_smoke_writes_tables_study_and_summary(tmp_path):
     assert "judged over the finalists' re-runs" in proc.stdout
     assert f"optuna-dashboard sqlite:///{run.resolve()}/study.db" in proc.stdout
     assert (run / "param_importances.png").exists()  # two trials with a result: enough
-
-
-# Three trials of 5 epochs, one at a time, slow enough (~1 s an epoch) to be killed mid-run.
-SLOW_GRID = [
-    "--smoke",
-    "--no-dashboard",
-    "--set",
-    "search.grid.lr=[0.001, 0.002, 0.003]",
-    "--set",
-    "trial.hidden=1024",
-    "--set",
-    "data.train_subset=4000",
-    "--set",
-    "search.max_concurrent=1",
-]
 
 
 @pytest.mark.slow

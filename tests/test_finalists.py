@@ -3,7 +3,14 @@
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import REPO, finished_trials, kill_when, run_script, start_script
+from tests.conftest import (
+    REPO,
+    TINY_DATA,
+    finished_trials,
+    kill_when,
+    run_script,
+    start_script,
+)
 from trainable.data import load_dataset
 from tuning.config import ConfigError, ExperimentConfig, load_config, smoke_overrides
 from tuning.results.groups import final_groups, grid_groups, verdict_lines
@@ -11,8 +18,6 @@ from tuning.results.tune_logs import build_tables, final_table
 from tuning.run.finalists import FINAL_FOLDER, finalise, select_finalists
 from tuning.run.tuner import run_tuner, share_data
 from tuning.search.plan import build_plan
-
-TINY_DATA = {"source": "synthetic", "train_subset": 600, "val_size": 200, "test_subset": 200}
 
 
 def tiny(**sections) -> ExperimentConfig:
@@ -45,7 +50,8 @@ def test_final_defaults_and_validation():
 
 @pytest.mark.slow
 def test_finalists_rerun_the_best_configurations_over_fresh_seeds(ray_session, tmp_path):
-    config = tiny(final={"epochs": 4})  # the search trains 3 epochs, the finalists 4
+    # The search trains 3 epochs, the finalists 4, each warming up for half of the run.
+    config = tiny(final={"epochs": 4}, trial={"warmup": 1.5})
     data = load_dataset(config.data)
     shared = share_data(data)
     results = run_tuner(config, shared, tmp_path, build_plan(config, tmp_path))
@@ -59,7 +65,7 @@ def test_finalists_rerun_the_best_configurations_over_fresh_seeds(ray_session, t
     by_value = sorted(completed, key=lambda r: -r["final_val_acc"])
     assert [f.trial_id for f in finalists] == [r["trial_id"] for r in by_value[:2]]
     assert [f.rank for f in finalists] == [1, 2]
-    assert {f.config["epochs"] for f in finalists} == {4}
+    assert {(f.config["epochs"], f.config["warmup"]) for f in finalists} == {(4, 2.0)}
 
     chosen, final_results = finalise(config, shared, tmp_path, results)
     assert chosen == finalists

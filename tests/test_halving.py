@@ -122,6 +122,28 @@ def test_the_searcher_sets_budgets_promotes_and_keeps_its_rungs_over_a_restore(t
     assert restored.suggest("t4")["epochs"] == 1  # rung 3 holds one: nothing earned yet
 
 
+def test_a_rungs_warmup_keeps_its_share_of_the_run_searched_or_not():
+    study = optuna.create_study(direction="maximize", sampler=optuna.samplers.RandomSampler(0))
+    space = {
+        "lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True),
+        "warmup": optuna.distributions.FloatDistribution(0.0, 4.5),
+    }
+    rungs = Rungs(budgets=[1, 3, 9], reduction_factor=3, maximize=True)
+    searched = StudySearcher(
+        study=study, space=space, metric="val_acc", mode="max", epochs=9,
+        points=[{"lr": 0.001, "warmup": 4.5}], rungs=rungs,
+    )  # fmt: skip
+    assert searched.suggest("start")["warmup"] == 4.5  # the full budget: as searched
+    rung = searched.suggest("t0")
+    assert rung["epochs"] == 1
+    assert rung["warmup"] == pytest.approx(study.trials[-1].params["warmup"] / 9)
+    fixed = StudySearcher(
+        study=optuna.create_study(direction="maximize"), space={"lr": space["lr"]},
+        metric="val_acc", mode="max", epochs=9, rungs=rungs, warmup=1.8,
+    )  # fmt: skip
+    assert fixed.suggest("t0")["warmup"] == pytest.approx(0.2)  # the trial section's 1.8 / 9
+
+
 def test_the_budget_lines_count_trials_per_rung_and_time_below_the_full_budget():
     rows = [
         {"status": "completed", "epochs": 1, "epochs_completed": 1, "train_time_s": 10.0},

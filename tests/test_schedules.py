@@ -2,7 +2,7 @@
 
 import pytest
 
-from trainable.schedules import lr_at
+from trainable.schedules import lr_at, warmup_for
 from trainable.settings import TrialConfig
 
 
@@ -45,3 +45,13 @@ def test_constant_without_warmup_is_the_old_behaviour():
 def test_unknown_schedule_is_refused():
     with pytest.raises(ValueError, match="schedule"):
         settings(schedule="step")
+
+
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_a_shorter_budget_with_its_warmup_scaled_is_the_same_schedule_compressed(schedule):
+    full = settings(schedule=schedule, warmup=3.0)  # 10 epochs
+    short = TrialConfig(lr=0.2, epochs=4, schedule=schedule, warmup=warmup_for(10, 3.0, 4))
+    for step in range(41):
+        progress = step / 10  # of the short run's 4 epochs
+        assert lr_at(short, progress) == pytest.approx(lr_at(full, progress * 10 / 4))
+    assert lr_at(short, 1.2) == pytest.approx(0.2)  # the peak at 30% of either run

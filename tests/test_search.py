@@ -11,27 +11,19 @@ from ray.tune.schedulers import (
     PopulationBasedTraining,
 )
 
+from tests.conftest import tiny_config
 from trainable.data import load_dataset
-from tuning.config import Distribution, ExperimentConfig
+from tuning.config import Distribution
 from tuning.config.space import to_optuna, to_tune
 from tuning.results.tune_logs import build_tables
 from tuning.run.tuner import judge_best, run_tuner, trials_at_once
 from tuning.search.plan import build_plan
 from tuning.search.study import STUDY_FILE
 
-TINY_DATA = {"source": "synthetic", "train_subset": 600, "val_size": 200, "test_subset": 200}
-
-
-def tiny(**sections) -> ExperimentConfig:
-    raw = {"data": TINY_DATA, "trial": {"hidden": 8, "epochs": 3, "batch_size": 100}}
-    for key, value in sections.items():
-        raw[key] = {**raw.get(key, {}), **value}
-    return ExperimentConfig.model_validate(raw)
-
 
 @pytest.fixture(scope="module")
 def data():
-    return load_dataset(tiny().data)
+    return load_dataset(tiny_config().data)
 
 
 def run(config, data, tmp_path):
@@ -44,7 +36,7 @@ SPACE = {"lr": {"loguniform": [1e-4, 1e-2]}, "batch_size": {"choice": [50, 100]}
 
 @pytest.mark.parametrize("kind", ["halving", "asha", "median", "hyperband", "pbt", "fifo"])
 def test_every_scheduler_runs_a_tiny_search(ray_session, data, tmp_path, kind):
-    config = tiny(
+    config = tiny_config(
         search={"kind": "optuna", "space": SPACE, "num_samples": 3, "max_concurrent": 2},
         scheduler={"kind": kind, "min_samples_required": 2},
     )
@@ -62,7 +54,7 @@ def test_every_scheduler_runs_a_tiny_search(ray_session, data, tmp_path, kind):
 def test_asha_stops_hopeless_trials_early(ray_session, data, tmp_path):
     # One good learning rate first, then three that cannot learn in 4 epochs; one at a time,
     # so each hopeless trial meets the good one's score at the first rung.
-    config = tiny(
+    config = tiny_config(
         trial={"epochs": 4},
         search={"grid": {"lr": [3e-3, 1e-7, 1e-7 * 1.01, 1e-7 * 1.02]}, "max_concurrent": 1},
         scheduler={"kind": "asha", "grace_period": 1, "reduction_factor": 2},
@@ -91,7 +83,7 @@ def test_an_optuna_search_starts_as_many_trials_at_once_as_fit(ray_session, data
     # Tune's default for a searcher of its own is one trial pending at a time: the second is
     # made only once the first has started, and short trials (seconds, on a GPU) then run one
     # by one. As many as the resources hold must be under way together.
-    config = tiny(
+    config = tiny_config(
         trial={"epochs": 1},
         search={"kind": "optuna", "space": SPACE, "num_samples": 4},
         scheduler={"kind": "fifo"},
@@ -110,7 +102,7 @@ def study_params(path):
 
 
 def test_same_seed_same_proposals_and_the_study_is_stored(ray_session, data, tmp_path):
-    config = tiny(
+    config = tiny_config(
         trial={"epochs": 1},
         search={"kind": "optuna", "space": SPACE, "num_samples": 4, "max_concurrent": 1, "seed": 7},
         scheduler={"kind": "fifo"},
@@ -129,7 +121,7 @@ def test_same_seed_same_proposals_and_the_study_is_stored(ray_session, data, tmp
 
 
 def test_the_best_trial_is_judged_once_on_test(ray_session, data, tmp_path):
-    config = tiny(
+    config = tiny_config(
         search={"kind": "random", "space": SPACE, "num_samples": 2},
         scheduler={"kind": "fifo"},
     )
@@ -190,7 +182,9 @@ def test_optuna_distributions_keep_ranges_steps_and_scale():
 
 @pytest.mark.parametrize("tpe", [{}, {"multivariate": False, "constant_liar": False}])
 def test_tpe_runs_as_the_config_says(tmp_path, tpe):
-    config = tiny(search={"kind": "optuna", "space": SPACE, "tpe": {**tpe, "startup_trials": 4}})
+    config = tiny_config(
+        search={"kind": "optuna", "space": SPACE, "tpe": {**tpe, "startup_trials": 4}}
+    )
     sampler = build_plan(config, tmp_path).search_alg.study.sampler
     assert isinstance(sampler, optuna.samplers.TPESampler)
     # Optuna keeps these private; read here only to see that the config reaches them.
@@ -200,7 +194,7 @@ def test_tpe_runs_as_the_config_says(tmp_path, tpe):
 
 @pytest.mark.parametrize("kind", ["asha", "median", "hyperband", "pbt", "fifo"])
 def test_each_scheduler_is_built_as_the_config_says(tmp_path, kind):
-    config = tiny(
+    config = tiny_config(
         trial={"epochs": 9, "lr": 1e-3},
         search={"kind": "random", "space": {"lr": {"loguniform": [1e-4, 1e-2]}}},
         scheduler={
@@ -258,4 +252,4 @@ def test_each_scheduler_is_built_as_the_config_says(tmp_path, kind):
 )
 def test_bad_search_configs_are_refused(sections, expected):
     with pytest.raises(ValueError, match=expected):
-        tiny(**sections)
+        tiny_config(**sections)

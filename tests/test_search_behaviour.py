@@ -8,9 +8,7 @@ import optuna
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import run_script
-from tests.test_cluster import AUTH, cluster  # noqa: F401  (the two-node cluster fixture)
-from tests.test_search import tiny
+from tests.conftest import run_script, tiny_config
 from trainable.data import load_dataset
 from tuning.config.keys import PROMOTES_MARK, TUNE_TRIAL_MARK
 from tuning.results.tune_logs import build_tables
@@ -23,7 +21,7 @@ COMPLETE, PRUNED = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRU
 
 @pytest.fixture(scope="module")
 def data():
-    return load_dataset(tiny().data)
+    return load_dataset(tiny_config().data)
 
 
 def search(config, data, run_dir):
@@ -44,7 +42,7 @@ def on_step(value: float, low: float, step: float) -> bool:
 
 
 def test_a_stepped_dimension_is_searched_on_its_steps(ray_session, data, tmp_path):
-    config = tiny(
+    config = tiny_config(
         trial={"epochs": 1},
         search={
             "kind": "optuna",
@@ -69,7 +67,7 @@ def test_a_stepped_dimension_is_searched_on_its_steps(ray_session, data, tmp_pat
 def test_asha_stops_are_pruned_trials_in_the_study(ray_session, data, tmp_path):
     # The trial section's lr first (it learns), then trials drawn between it and an lr that
     # cannot learn in 3 epochs; one at a time, so each meets the earlier ones' scores at a rung.
-    config = tiny(
+    config = tiny_config(
         trial={"epochs": 3, "lr": 3e-3},
         search={
             "kind": "optuna",
@@ -98,7 +96,7 @@ def test_asha_stops_are_pruned_trials_in_the_study(ray_session, data, tmp_path):
 
 
 def test_halving_retrains_the_best_of_a_rung_with_the_next_budget(ray_session, data, tmp_path):
-    config = tiny(
+    config = tiny_config(
         trial={"epochs": 4, "lr": 3e-3},
         search={
             "kind": "optuna",
@@ -129,7 +127,7 @@ def test_halving_retrains_the_best_of_a_rung_with_the_next_budget(ray_session, d
 
 
 def test_pbt_changes_a_trials_lr_between_its_epochs(ray_session, data, tmp_path):
-    config = tiny(
+    config = tiny_config(
         trial={"epochs": 4},
         search={"kind": "random", "space": {"lr": {"loguniform": [1e-5, 1e-2]}}, "num_samples": 4},
         scheduler={"kind": "pbt", "perturbation_interval": 1, "quantile_fraction": 0.5},
@@ -160,7 +158,7 @@ def tiny(input_shape, num_classes, width=4):
 
 
 @pytest.mark.slow
-def test_a_users_model_is_shipped_to_the_clusters_nodes(cluster, tmp_path):  # noqa: F811
+def test_a_users_model_is_shipped_to_the_clusters_nodes(cluster, tmp_path):
     # The module is on the driver's PYTHONPATH alone: the nodes were started without it, and
     # the driver runs from the repository, so only py_modules can bring it to their workers.
     code = tmp_path / "code"
@@ -172,11 +170,11 @@ def test_a_users_model_is_shipped_to_the_clusters_nodes(cluster, tmp_path):  # n
         *("--smoke", "--no-report", "--results-dir", str(tmp_path), "--name", "shipped"),
         *("--set", "trial.model=shipped_usermodels:tiny"),
         *("--set", "search.grid={model_args.width: [2, 6]}"),
-        *("--address", cluster),
-        env={**AUTH, "PYTHONPATH": python_path},
+        *("--address", cluster.address),
+        env={**cluster.auth, "PYTHONPATH": python_path},
     )
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    assert f"joined the Ray cluster at {cluster}: 2 nodes" in proc.stdout
+    assert f"joined the Ray cluster at {cluster.address}: 2 nodes" in proc.stdout
     trials = pq.read_table(tmp_path / "shipped" / "trials.parquet").to_pylist()
     assert sorted(row["model_args.width"] for row in trials) == [2, 6]
     assert [row["status"] for row in trials] == ["completed"] * 2

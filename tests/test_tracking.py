@@ -3,7 +3,6 @@ files readable, and the study's objective named after the run's metric."""
 
 import os
 import signal
-import socket
 import struct
 import subprocess
 import sys
@@ -14,16 +13,10 @@ from pathlib import Path
 import optuna
 import pytest
 
-from tests.conftest import finished_trials, run_main, run_script, start_script
+from tests.conftest import finished_trials, free_port, run_main, run_script, start_script
 from tuning.search.study import open_study, study_url
 
 mlflow = pytest.importorskip("mlflow")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 @pytest.fixture(scope="module")

@@ -73,6 +73,19 @@ def test_finished_trials_enter_the_study_marked_and_the_rest_are_counted(tmp_pat
     assert a.distributions["lr"].log
 
 
+def test_a_halving_runs_rung_trials_enter_with_the_warmup_searched_for_the_full_budget(tmp_path):
+    # configs/optuna.yaml halves 20 epochs: a 2-epoch rung trial trained a tenth of its warm-up.
+    space = "search.space={lr: {loguniform: [0.0001, 0.01]}, warmup: {uniform: [0.0, 4.0]}}"
+    rows = [
+        {**trial("rung", 0.001, 64, 0.40, epochs=2), "epochs": 2, "warmup": 0.4},
+        {**trial("full", 0.002, 64, 0.50, epochs=20), "epochs": 20, "warmup": 4.0},
+    ]
+    earlier = earlier_run(tmp_path / "earlier", rows, space)
+    config = search_config(space, f"search.warm_start=[{earlier}]")
+    _, params = seed_study(config, tmp_path / STUDY_FILE)
+    assert params == [{"lr": 0.001, "warmup": pytest.approx(4.0)}, {"lr": 0.002, "warmup": 4.0}]
+
+
 def test_enough_earlier_trials_mean_tpe_proposes_from_the_start(tmp_path, monkeypatch):
     good = [trial(f"t{i}", 0.001 + 0.0001 * i, 128, 0.5 + 0.001 * i) for i in range(6)]
     bad = [trial(f"u{i}", 0.008 + 0.0001 * i, 64, 0.2) for i in range(6)]

@@ -26,3 +26,10 @@ def lr_at(trial: TrialConfig, progress: float) -> float:
     if trial.schedule == "cosine":
         return lr * 0.5 * (1 + math.cos(math.pi * done))
     return lr * (1 - done)
+
+
+def warmup_for(epochs: float, warmup: float, budget: float) -> float:
+    """The warm-up that keeps the share `warmup` has of an `epochs`-epoch run in a run of
+    `budget` epochs: one schedule shape at every budget (halving's rungs, `final.epochs`), so a
+    short run is the long one compressed, never still warming up where it is judged."""
+    return warmup * budget / epochs

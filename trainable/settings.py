@@ -57,7 +57,9 @@ class TrainingSettings(BaseModel):
     epochs: int = Field(5, ge=1)  # passes over the training split: the trial's budget
     weight_decay: float = Field(0.0, ge=0)  # L2 (adam, sgd) or decoupled (adamw)
     schedule: Schedule = "constant"  # cosine, onecycle: lr → 0 at the last batch
-    warmup: float = Field(0.0, ge=0)  # epochs of linear warm-up from 0 to lr, before the schedule
+    # epochs of linear warm-up from 0 to lr, before the schedule; halving's shorter rungs and
+    # final.epochs scale it with the budget, so every run has the same shape
+    warmup: float = Field(0.0, ge=0)
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # training loss only; val/test loss are plain
     augment: Augment = "none"  # training batches only: flips; crops of the padded image
     # crop_flip: pixels of (reflected) padding each side, so shifts of up to this many pixels;

@@ -19,6 +19,7 @@ from pathlib import Path
 from ray import tune
 from ray.tune.search import BasicVariantGenerator
 
+from trainable.schedules import warmup_for
 from trainable.trainable import SharedData
 from tuning.config import ExperimentConfig
 from tuning.config.keys import settings_key
@@ -79,9 +80,14 @@ def select_finalists(results: tune.ResultGrid, config: ExperimentConfig) -> list
     for _, _, trial_id, trial_config, value in pool:
         trial_config = dict(trial_config)
         # A finalist trains the finalists' budget: whatever its rung, or however long the
-        # search trained it where final.epochs says.
+        # search trained it where final.epochs says; its warm-up keeps its share of the run.
         if config.scheduler.retrains or config.final.epochs:
+            epochs = epoch_budget(trial_config, config.trial.epochs)
             trial_config["epochs"] = config.final_epochs
+            if trial_config.get("warmup"):
+                trial_config["warmup"] = warmup_for(
+                    epochs, trial_config["warmup"], config.final_epochs
+                )
         key = settings_key(trial_config)
         if key in seen:  # Optuna may propose one configuration twice
             continue

@@ -127,6 +127,7 @@ def _optuna_searcher(
         epochs=epochs,
         points=points,
         rungs=rungs,
+        warmup=config.trial.warmup,
     )
 
 

@@ -6,9 +6,10 @@ configuration, its metric reported at every epoch, told at its end with the stat
 `Outcome` maps to (a trial a scheduler stopped is PRUNED, not COMPLETE level with trials that
 trained their whole budget). With `rungs` (successive halving, tuning/search/halving.py) the
 searcher also sets each trial's budget: a promotion, the first point at the full budget, or a
-new configuration at the first rung; a trial that finished a rung below the full budget is
-PRUNED there. A trial an interruption ended (FAIL) that a resumed run continues goes on as a new
-study trial with the same parameters, marked with the one it resumes.
+new configuration at the first rung, its warm-up scaled to keep its share of the run; a trial
+that finished a rung below the full budget is PRUNED there. A trial an interruption ended
+(FAIL) that a resumed run continues goes on as a new study trial with the same parameters,
+marked with the one it resumes.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from typing import Any
 import optuna
 from ray.tune.search import Searcher
 
+from trainable.schedules import warmup_for
 from tuning.config.keys import (
     EPOCH,
     PARAM_SEPARATOR,
@@ -34,7 +36,10 @@ from tuning.search.halving import Rungs
 
 class StudySearcher(Searcher):
     """Proposes each trial's searched settings from `study` through `space` (Optuna's parameter
-    names, `/` for a nested setting) and records the trial there; `points` are asked first."""
+    names, `/` for a nested setting) and records the trial there; `points` are asked first.
+    `warmup`: the trial section's, for a rung's budget where the space does not search it."""
+
+    warmup: float = 0.0  # a searcher pickled before it had one: its runs' trials had none
 
     def __init__(
         self,
@@ -46,9 +51,11 @@ class StudySearcher(Searcher):
         epochs: int,
         points: list[dict[str, Any]] = (),
         rungs: Rungs | None = None,
+        warmup: float = 0.0,
     ) -> None:
         super().__init__(metric=metric, mode=mode)
         self.study, self.space, self.epochs, self.rungs = study, space, epochs, rungs
+        self.warmup = warmup
         # Enqueued one at a time, just before their ask: a promotion's enqueue must not queue
         # behind them.
         self.points = list(points)
@@ -82,6 +89,9 @@ class StudySearcher(Searcher):
         config = nested(trial.params, sep=PARAM_SEPARATOR)
         if self.rungs:
             config["epochs"] = self.budgets[trial_id] = budget
+            warmup = config.get("warmup", self.warmup)
+            if warmup and budget != self.epochs:
+                config["warmup"] = warmup_for(self.epochs, warmup, budget)
         return config
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:

@@ -16,6 +16,7 @@ from pathlib import Path
 import optuna
 import pyarrow.parquet as pq
 
+from trainable.schedules import warmup_for
 from tuning.config import ConfigError, ExperimentConfig, load_config
 from tuning.config.keys import RUN_MARK, TRIAL_MARK, setting_key
 from tuning.config.space import optuna_space
@@ -58,6 +59,12 @@ def earlier_trials(folder: Path, config: ExperimentConfig) -> tuple[list[dict], 
             unfinished += 1
             continue
         last = max(curve)
+        if earlier.scheduler.retrains and trial.get("warmup") and trial.get("epochs"):
+            # A rung trial trained its warm-up scaled to its budget: the study holds the
+            # searched value, for the full budget (rounded: the round trip must not leave a
+            # value at the space's bound a hair outside it).
+            searched = warmup_for(trial["epochs"], trial["warmup"], earlier.trial.epochs)
+            trial["warmup"] = round(searched, 9)
         trials.append({**trial, "value": curve[last], "intermediate": dict(sorted(curve.items()))})
     return trials, unfinished
 
