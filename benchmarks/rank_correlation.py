@@ -1,14 +1,24 @@
 """Do short runs rank configurations as the full budget does?
 
-    python benchmarks/rank_correlation.py --data-dir /tmp/cifar10 --configs 12
+    python benchmarks/rank_correlation.py --data-dir /tmp/cifar10 --configs 10
 
-Draws `--configs` configurations from the default search's space (configs/optuna.yaml, Optuna's
-random sampler, seeded) and trains each, without Ray, one thread per process and two processes
-at a time, at every budget successive halving uses (2, 7 and 20 epochs for that config), each
-with the schedule fitted to its budget. For each smaller budget it prints Spearman's rank
-correlation with the full budget's validation accuracy, two ways:
+Draws `--configs` configurations from a search's space (`--config`, by default
+configs/optuna.yaml; Optuna's random sampler, seeded) and trains each, without Ray, one thread
+per process and two processes at a time, at every budget successive halving uses (2, 7 and 20
+epochs for the default config), each with the schedule fitted to its budget as the search fits
+it (a warm-up keeps its share of the run). For each smaller budget it prints Spearman's rank
+correlation with the full budget's validation accuracy:
 - fitted: the run of that budget, at its end (how `scheduler.kind: halving` compares);
-- mid-run: the full run at that epoch, halfway down its schedule (how Tune's ASHA compares).
+- mid-run: the full run at that epoch, halfway down its schedule (how Tune's ASHA compares);
+- continued: a chain that trains the first budget, then continues from there, weights and
+  optimiser state kept, to each next budget with its schedule restarted over the epochs added
+  (warm restarts): how halving would compare if a promoted trial continued from its checkpoint
+  instead of training again from scratch (`--no-chain` leaves it out);
+- warm-up unscaled: where the configurations warm up, the run of that budget with the warm-up
+  the full budget's, in epochs (how halving compared before it scaled warm-ups).
+For the full budget it also compares the chain's end with the from-scratch run: Spearman, and
+the mean and range of the difference in validation accuracy. The chain's first budget is the
+fitted run of that budget.
 """
 
 from __future__ import annotations
@@ -23,29 +33,28 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path[0] = str(ROOT)
 
 
-def train(args: tuple[dict, list[int], str]) -> list[float]:
-    """Val acc after each epoch of one run of `settings` (one thread) through `budgets`: the
-    first from scratch, each next one continued with the schedule restarted over its added
-    epochs (one budget: an ordinary run)."""
+def train(args: tuple[list[dict], object]) -> list[float]:
+    """Val acc after each epoch of one run (one thread) through `segments`, each a trial's
+    settings for the epochs it adds: the first from scratch, each next one continued from the
+    last with its own schedule (one segment: an ordinary run). `data`: a DataConfig."""
     import torch
 
-    from trainable.data import DataConfig, load_dataset
+    from trainable.data import load_dataset
     from trainable.loop import Training
     from trainable.settings import TrialConfig
 
-    settings, budgets, data_dir = args
+    segments, data = args
     torch.set_num_threads(1)
-    data = load_dataset(DataConfig(dir=data_dir))
-    training = Training(TrialConfig.model_validate(settings), data, torch.device("cpu"))
-    curve, done = [], 0
-    for budget in budgets:
+    bundle = load_dataset(data)
+    training = Training(TrialConfig.model_validate(segments[0]), bundle, torch.device("cpu"))
+    curve = []
+    for settings in segments:
         # The schedule sees a run of the added epochs, starting now.
-        training.trial = TrialConfig.model_validate({**settings, "epochs": budget - done})
+        training.trial = TrialConfig.model_validate(settings)
         training.epoch = 0
-        for _ in range(budget - done):
+        for _ in range(training.trial.epochs):
             training.train_epoch()
             curve.append(training.evaluate("val")["val_acc"])
-        done = budget
     return curve
 
 
@@ -65,64 +74,84 @@ def draw(config, count: int, seed: int) -> list[dict]:
 def main() -> None:
     from scipy.stats import spearmanr
 
+    from trainable.schedules import warmup_for
     from tuning.config import load_config
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data-dir", required=True)
     parser.add_argument("--configs", type=int, default=12)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--config", type=Path, default=ROOT / "configs" / "optuna.yaml")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--no-chain", action="store_true", help="leave the continued chain out")
     parser.add_argument("--out", type=Path, default=Path("/tmp/rank-correlation.json"))
     args = parser.parse_args()
-    config = load_config(ROOT / "configs" / "optuna.yaml")
+    config = load_config(args.config, args.set)
+    data = config.data.model_copy(update={"dir": args.data_dir})
     full = config.trial.epochs
     budgets = [*config.scheduler.rungs(full), full]
     configs = draw(config, args.configs, args.seed)
-    # Per configuration: the chain through every budget, then each later budget from scratch.
-    runs = [budgets, *([b] for b in budgets[1:])]
-    jobs = [({**c, "epochs": full}, r, args.data_dir) for c in configs for r in runs]
+    warms = any(c["warmup"] for c in configs)
+
+    def fitted(c: dict, epochs: int) -> dict:
+        return {**c, "epochs": epochs, "warmup": warmup_for(full, c["warmup"], epochs)}
+
+    # Each configuration's runs, by name: the segments each trains.
+    runs: dict[tuple[int, str], list[dict]] = {}
+    for i, c in enumerate(configs):
+        first = budgets[0]
+        if args.no_chain:
+            runs[i, f"fitted {first}"] = [fitted(c, first)]
+        else:
+            ends = list(zip([0, *budgets], budgets, strict=False))
+            runs[i, "chain"] = [fitted(c, end - start) for start, end in ends]
+        for budget in budgets[1:]:
+            runs[i, f"fitted {budget}"] = [fitted(c, budget)]
+        for budget in budgets[:-1] if warms else []:
+            runs[i, f"unscaled {budget}"] = [{**c, "epochs": budget}]
     with ProcessPoolExecutor(2) as pool:
-        curves = list(pool.map(train, jobs))
-    by_config = [curves[i * len(runs) : (i + 1) * len(runs)] for i in range(len(configs))]
-    chains = [curves[0] for curves in by_config]
-    # Each budget's run with its schedule fitted to it: the chain's first part is the first.
-    fitted_at = {budgets[0]: [chain[budgets[0] - 1] for chain in chains]}
-    for index, budget in enumerate(budgets[1:], start=1):
-        fitted_at[budget] = [curves[index][-1] for curves in by_config]
-    final = fitted_at[full]
-    rows = [
-        {
+        curves = dict(zip(runs, pool.map(train, [(r, data) for r in runs.values()]), strict=True))
+
+    def at(name: str, epoch: int) -> list[float]:
+        return [curves[i, name][epoch - 1] for i in range(len(configs))]
+
+    first_run = f"fitted {budgets[0]}" if args.no_chain else "chain"
+    final = at(f"fitted {full}", full)
+    rows = []
+    for budget in budgets[:-1]:
+        fitted_run = first_run if budget == budgets[0] else f"fitted {budget}"
+        row = {
             "budget": budget,
-            "fitted": spearmanr(fitted_at[budget], final).statistic,
-            "mid_run": spearmanr([c[-1][budget - 1] for c in by_config], final).statistic,
-            "continued": spearmanr([chain[budget - 1] for chain in chains], final).statistic,
+            "fitted": spearmanr(at(fitted_run, budget), final).statistic,
+            "mid_run": spearmanr(at(f"fitted {full}", budget), final).statistic,
         }
-        for budget in budgets[:-1]
-    ]
-    ends = [chain[-1] for chain in chains]
-    gaps = [end - scratch for end, scratch in zip(ends, final, strict=True)]
-    at_full = {
-        "spearman": spearmanr(ends, final).statistic,
-        "mean_gap": sum(gaps) / len(gaps),
-        "gaps": [min(gaps), max(gaps)],
-    }
-    args.out.write_text(
-        json.dumps({"configs": configs, "curves": by_config, "rows": rows, "full": at_full})
-    )
+        if not args.no_chain:
+            row["continued"] = spearmanr(at("chain", budget), final).statistic
+        if warms:
+            row["unscaled"] = spearmanr(at(f"unscaled {budget}", budget), final).statistic
+        rows.append(row)
+    result = {"configs": configs, "curves": [[k, v] for k, v in curves.items()], "rows": rows}
     print(
         f"{len(configs)} configurations, full budget {full} epochs; Spearman with the full budget:"
     )
-    print("| budget | fitted schedule, at its end | full run, at that epoch | continued |")
-    print("|---|---|---|---|")
+    columns = [k for k in rows[0] if k != "budget"]
+    print(f"| budget | {' | '.join(columns)} |\n|---|{'---|' * len(columns)}")
     for row in rows:
+        print(f"| {row['budget']} epochs | {' | '.join(f'{row[k]:.2f}' for k in columns)} |")
+    if not args.no_chain:
+        ends = at("chain", full)
+        gaps = [end - scratch for end, scratch in zip(ends, final, strict=True)]
+        result["full"] = {
+            "spearman": spearmanr(ends, final).statistic,
+            "mean_gap": sum(gaps) / len(gaps),
+            "gaps": [min(gaps), max(gaps)],
+        }
         print(
-            f"| {row['budget']} epochs | {row['fitted']:.2f} | {row['mid_run']:.2f} "
-            f"| {row['continued']:.2f} |"
+            f"continued to {full} epochs against from scratch: Spearman "
+            f"{result['full']['spearman']:.2f}, val acc {result['full']['mean_gap']:+.4f} on "
+            f"average ({min(gaps):+.4f} to {max(gaps):+.4f})"
         )
-    print(
-        f"continued to {full} epochs against from scratch: Spearman {at_full['spearman']:.2f}, "
-        f"val acc {at_full['mean_gap']:+.4f} on average ({at_full['gaps'][0]:+.4f} to "
-        f"{at_full['gaps'][1]:+.4f})"
-    )
+    args.out.write_text(json.dumps(result, default=str))
 
 
 if __name__ == "__main__":
