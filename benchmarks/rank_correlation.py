@@ -103,8 +103,8 @@ def main() -> None:
         if args.no_chain:
             runs[i, f"fitted {first}"] = [fitted(c, first)]
         else:
-            ends = list(zip([0, *budgets], budgets, strict=False))
-            runs[i, "chain"] = [fitted(c, end - start) for start, end in ends]
+            spans = zip([0, *budgets[:-1]], budgets, strict=True)
+            runs[i, "chain"] = [fitted(c, end - start) for start, end in spans]
         for budget in budgets[1:]:
             runs[i, f"fitted {budget}"] = [fitted(c, budget)]
         for budget in budgets[:-1] if warms else []:
