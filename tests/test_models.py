@@ -5,7 +5,7 @@ import torch
 from torch import nn
 
 from trainable.families import FAMILIES, build_model, readers
-from trainable.loop import fast_paths
+from trainable.loop import cpu_multiplies_bf16, fast_paths
 from trainable.mlp import InputMajorLinear
 from trainable.resmlp import Block
 from trainable.settings import TrialConfig
@@ -62,16 +62,27 @@ def test_cnn_width_scales_its_channels():
     assert narrow[-1].in_features == 32  # the last stage has 4× the stem's channels
 
 
-def test_fast_paths_chosen_by_device_and_model():
-    # The CUDA decision is a pure function, so it is checked here without a GPU.
+@pytest.mark.parametrize("amx", [False, True])
+def test_fast_paths_chosen_by_device_and_model(monkeypatch, amx):
+    # Pure functions of the device and the CPU's flags, so checked here for every machine.
+    monkeypatch.setattr("trainable.loop.cpu_multiplies_bf16", lambda: amx)
     convolutional = FAMILIES["cnn"].convolutional
     cuda_cnn = fast_paths(torch.device("cuda").type, convolutional)
     assert cuda_cnn.channels_last and cuda_cnn.autocast is torch.bfloat16
     cpu_cnn = fast_paths("cpu", convolutional)
-    assert cpu_cnn.channels_last and cpu_cnn.autocast is None
+    assert cpu_cnn.channels_last and cpu_cnn.autocast is (torch.bfloat16 if amx else None)
     for device in ("cpu", "cuda"):
         mlp = fast_paths(device, FAMILIES["mlp"].convolutional)
         assert not mlp.channels_last and mlp.autocast is None
+
+
+def test_bf16_units_read_from_the_cpu_flags(tmp_path):
+    amx, avx2 = tmp_path / "amx", tmp_path / "avx2"
+    amx.write_text("processor\t: 0\nflags\t\t: fpu avx2 avx512f amx_bf16 amx_tile\n")
+    avx2.write_text("processor\t: 0\nflags\t\t: fpu avx2 fma\nmodel name\t: amx_bf16\n")
+    assert cpu_multiplies_bf16(str(amx))
+    assert not cpu_multiplies_bf16(str(avx2))
+    assert not cpu_multiplies_bf16(str(tmp_path / "absent"))  # not Linux: no flags to read
 
 
 @pytest.mark.gpu

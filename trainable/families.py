@@ -59,8 +59,9 @@ class Family:
 
     settings: type[BaseModel]
     builder: str
-    # Convolutions train faster channels-last, and on CUDA in bf16 autocast (measured for the
-    # built-in CNN without a loss of accuracy); a user's model keeps the plain layout and float32.
+    # Convolutions train faster channels-last, and in bf16 autocast on CUDA and on CPUs with
+    # AMX (measured for the built-in CNNs without a loss of accuracy); a user's model keeps the
+    # plain layout and float32.
     convolutional: bool = False
 
 

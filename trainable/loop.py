@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -67,17 +68,30 @@ class FastPaths:
     autocast: torch.dtype | None  # None: full float32
 
 
+@functools.cache
+def cpu_multiplies_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
+    """Whether this machine's CPU has bf16 matrix units (Intel AMX), which oneDNN runs bf16
+    convolutions on: the kernel's CPU flags (Linux; elsewhere, no)."""
+    try:
+        with open(cpuinfo) as file:
+            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in file)
+    except OSError:
+        return False
+
+
 def fast_paths(device_type: str, convolutional: bool) -> FastPaths:
     """What speeds up a built-in family on `device_type` without costing accuracy.
 
     Convolutions only: channels-last lets cuDNN and oneDNN pick their fastest kernels (on
-    2 CPU cores the CNN's training step is 1.2× faster); bf16 autocast only on CUDA, where
-    tensor cores run it, while a CPU without bf16 units would emulate it slowly. The MLP is a
+    2 CPU cores the CNN's training step is 1.2× faster); bf16 autocast where the hardware
+    multiplies bf16 natively: CUDA's tensor cores, a CPU's AMX units (2.6× faster epochs on
+    2 cores, the same accuracy). A CPU without them would emulate bf16 slowly. The MLP is a
     few matrix products: neither helps it, and its results stay bit-identical.
     """
     if not convolutional:
         return FastPaths(channels_last=False, autocast=None)
-    return FastPaths(channels_last=True, autocast=torch.bfloat16 if device_type == "cuda" else None)
+    bf16 = device_type == "cuda" or (device_type == "cpu" and cpu_multiplies_bf16())
+    return FastPaths(channels_last=True, autocast=torch.bfloat16 if bf16 else None)
 
 
 def fit_to_data(model: torch.nn.Module, data: DeviceData) -> None:

@@ -11,6 +11,7 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from trainable.schedules import warmup_for
 from tuning.config.errors import ConfigError
 from tuning.config.keys import DOT, set_dotted
 from tuning.config.schema import ExperimentConfig
@@ -90,11 +91,14 @@ def smoke_overrides(config: ExperimentConfig, synthetic: bool) -> list[str]:
 
     Overrides rather than edits, so the user's own `--set` items, applied after, still win.
     """
+    epochs = min(config.trial.epochs, 2)
     items = [
         "data.train_subset=2000",
         "data.test_subset=1000",
         f"data.val_size={min(config.data.val_size, 500)}",
-        f"trial.epochs={min(config.trial.epochs, 2)}",
+        f"trial.epochs={epochs}",
+        # the warm-up keeps its share of the shorter run, as halving's rungs do
+        f"trial.warmup={warmup_for(config.trial.epochs, config.trial.warmup, epochs)}",
         f"search.num_samples={min(config.search.num_samples, 2)}",
         "search.time_budget_s=null",
         "scheduler.grace_period=1",
