@@ -74,9 +74,11 @@ def cpu_multiplies_bf16(cpuinfo: str = "/proc/cpuinfo") -> bool:
     convolutions on: the kernel's CPU flags (Linux; elsewhere, no)."""
     try:
         with open(cpuinfo) as file:
-            return any(line.startswith("flags") and "amx_bf16" in line.split() for line in file)
+            # every core repeats the same flags line: the first one says it
+            flags = next((line.split() for line in file if line.startswith("flags")), [])
     except OSError:
         return False
+    return "amx_bf16" in flags
 
 
 def fast_paths(device_type: str, convolutional: bool) -> FastPaths:
