@@ -87,3 +87,18 @@ def test_training_fits_the_whitening_to_the_data_and_restores_exactly(data):
     first.train_epoch()
     expected, got = continued_epoch(first, data)
     assert got["train_loss"] == expected["train_loss"]
+
+
+def test_the_whitening_bias_trains_its_first_epochs_only(data):
+    trial = TrialConfig(
+        model="airbench", width=4, optimizer="sgd", momentum=0.85, lr=0.05, batch_size=100,
+        epochs=4, whitening_bias_epochs=2,
+    )  # fmt: skip
+    training = Training(trial, data, torch.device("cpu"))
+    biases = [training.model[0].bias.detach().clone()]
+    for _ in range(trial.epochs):
+        training.train_epoch()
+        biases.append(training.model[0].bias.detach().clone())
+    moved = [not torch.equal(a, b) for a, b in zip(biases, biases[1:], strict=False)]
+    assert moved == [True, True, False, False]
+    assert not torch.equal(biases[-1], torch.zeros_like(biases[-1]))

@@ -30,6 +30,19 @@ def test_decaying_schedules_end_at_zero(schedule, warmup):
     assert all(a >= b for a, b in zip(lrs, lrs[1:], strict=False))  # never rises after warm-up
 
 
+@pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
+def test_warmup_starts_at_lr_start_and_the_decay_ends_at_lr_end(schedule):
+    # airbench's triangle: from 0.2 of the peak up, down to 0.07 of it
+    config = settings(schedule=schedule, warmup=2.0, lr_start=0.2, lr_end=0.07)
+    assert lr_at(config, 0) == pytest.approx(0.04)
+    assert lr_at(config, 1) == pytest.approx(0.12)
+    assert lr_at(config, 2) == pytest.approx(0.2)
+    assert lr_at(config, 6) == pytest.approx(0.2 * (0.07 + 0.93 * 0.5))  # halfway down, either
+    assert lr_at(config, 10) == lr_at(config, 12) == pytest.approx(0.014)
+    lrs = [lr_at(config, step / 10) for step in range(101)]
+    assert min(lrs) == pytest.approx(0.014)
+
+
 def test_shapes_differ_between_cosine_and_onecycle():
     cosine = lr_at(settings(schedule="cosine"), 2.5)
     onecycle = lr_at(settings(schedule="onecycle"), 2.5)
@@ -48,9 +61,10 @@ def test_unknown_schedule_is_refused():
 
 
 @pytest.mark.parametrize("schedule", ["cosine", "onecycle"])
-def test_a_shorter_budget_with_its_warmup_scaled_is_the_same_schedule_compressed(schedule):
-    full = settings(schedule=schedule, warmup=3.0)  # 10 epochs
-    short = TrialConfig(lr=0.2, epochs=4, schedule=schedule, warmup=warmup_for(10, 3.0, 4))
+@pytest.mark.parametrize("ends", [{}, {"lr_start": 0.2, "lr_end": 0.07}])
+def test_a_shorter_budget_with_its_warmup_scaled_is_the_same_schedule_compressed(schedule, ends):
+    full = settings(schedule=schedule, warmup=3.0, **ends)  # 10 epochs
+    short = TrialConfig(lr=0.2, epochs=4, schedule=schedule, warmup=warmup_for(10, 3.0, 4), **ends)
     for step in range(41):
         progress = step / 10  # of the short run's 4 epochs
         assert lr_at(short, progress) == pytest.approx(lr_at(full, progress * 10 / 4))

@@ -6,7 +6,8 @@ conv → batch-norm → GELU, a max-pool to one pixel and a linear head whose lo
 schedule of a trial can drive it:
 - the whitening layer's filters are the eigenvectors of the training images' 2×2 patch
   covariance, each with its negative, scaled by the inverse square root of its eigenvalue
-  (`fit_to_data`, called once on training images before the first step); only its bias trains;
+  (`fit_to_data`, called once on training images before the first step); only its bias trains,
+  and only in the first few epochs (`start_epoch`);
 - every 3×3 conv starts as the identity on its first input-many filters (an implicit residual);
 - batch-norms have no trained scale, and their shift learns 64× as fast as the weights (airbench
   gives biases their own learning rate; here the shift is stored divided by 8, which is the same
@@ -30,10 +31,16 @@ class Whitening(nn.Conv2d):
     trained bias. 2·C·k² output channels: each eigen-filter and its negative, so a GELU after it
     keeps both signs."""
 
-    def __init__(self, channels: int, kernel: int = WHITENING_KERNEL) -> None:
+    def __init__(self, channels: int, kernel: int = WHITENING_KERNEL, bias_epochs: int = 3) -> None:
         super().__init__(channels, 2 * channels * kernel**2, kernel, bias=True)
         self.weight.requires_grad_(False)
         nn.init.zeros_(self.bias)
+        self.bias_epochs = bias_epochs
+
+    def start_epoch(self, epoch: int) -> None:
+        """The bias trains in the first `bias_epochs` epochs (`epoch` counts from 0), then is
+        frozen: a parameter without a gradient is one SGD skips."""
+        self.bias.requires_grad_(epoch < self.bias_epochs)
 
     @torch.no_grad()
     def fit_to_data(self, images: torch.Tensor) -> None:
@@ -106,11 +113,14 @@ class Scale(nn.Module):
         return x * self.factor
 
 
-def airbench(input_shape: tuple[int, ...], num_classes: int, width: int = 32) -> nn.Sequential:
+def airbench(
+    input_shape: tuple[int, ...], num_classes: int, width: int = 32, whitening_bias_epochs: int = 3
+) -> nn.Sequential:
     """The network with groups `width`, 2·`width` and 4·`width` channels wide (airbench94: 64,
-    256, 256). 32×32 input: 31×31 after the whitening, 15, 7 and 3 after the groups."""
+    256, 256), its whitening bias trained for the first `whitening_bias_epochs` epochs. 32×32
+    input: 31×31 after the whitening, 15, 7 and 3 after the groups."""
     channels = input_shape[0]
-    whitening = Whitening(channels)
+    whitening = Whitening(channels, bias_epochs=whitening_bias_epochs)
     return nn.Sequential(
         whitening,
         nn.GELU(),

@@ -13,6 +13,7 @@ import os
 import pyarrow.fs
 import torch
 
+from trainable.lookahead import Lookahead
 from trainable.loop import Training
 
 CHECKPOINT_FILE = "state.pt"
@@ -27,6 +28,7 @@ def training_state(training: Training) -> dict:
         "shuffle_rng": training.shuffle.get_state(),
         "augment_rng": training.data.augment_rng.get_state(),
         "torch_rng": torch.get_rng_state(),
+        **({"lookahead": training.lookahead.state()} if training.lookahead is not None else {}),
         # Dropout on a GPU draws from CUDA's stream, not the CPU one above.
         **(
             {"cuda_rng": torch.cuda.get_rng_state(training.device)}
@@ -45,6 +47,11 @@ def restore_training(training: Training, state: dict) -> None:
     for group in training.optimizer.param_groups:
         group["weight_decay"] = training.trial.weight_decay
     training.epoch = state["epoch"]
+    if training.lookahead is not None:
+        if "lookahead" in state:
+            training.lookahead.restore(state["lookahead"])
+        else:  # saved without one (PBT turned it on): the slow copy starts from these weights
+            training.lookahead = Lookahead(training.model)
     training.set_lr(training.epoch)
     # RNG states must be CPU byte tensors, even where the checkpoint was mapped to a GPU.
     training.shuffle.set_state(state["shuffle_rng"].cpu())

@@ -53,6 +53,12 @@ class CNNSettings(BaseModel):
     width: int = Field(32, ge=1)
 
 
+class AirbenchSettings(CNNSettings):
+    # epochs the whitening layer's bias trains before it is frozen (airbench: 3); from then on
+    # the first layer needs no backward pass
+    whitening_bias_epochs: int = Field(3, ge=0)
+
+
 @dataclass(frozen=True)
 class Family:
     """A built-in model family: the trial settings it reads and its builder's import path."""
@@ -69,7 +75,7 @@ FAMILIES: dict[str, Family] = {
     "mlp": Family(MLPSettings, "trainable.mlp:mlp"),
     "resmlp": Family(ResMLPSettings, "trainable.resmlp:resmlp"),
     "cnn": Family(CNNSettings, "trainable.cnn:cnn", convolutional=True),
-    "airbench": Family(CNNSettings, "trainable.airbench:airbench", convolutional=True),
+    "airbench": Family(AirbenchSettings, "trainable.airbench:airbench", convolutional=True),
 }
 
 

@@ -16,6 +16,7 @@ from trainable.data import DataBundle
 from trainable.device_data import DeviceData
 from trainable.eager import skip_compiler_marks
 from trainable.families import FAMILIES, build_model
+from trainable.lookahead import PULL_EVERY, Lookahead
 from trainable.schedules import lr_at
 from trainable.settings import TrialConfig
 from trainable.steps import make_step
@@ -106,6 +107,16 @@ def fit_to_data(model: torch.nn.Module, data: DeviceData) -> None:
             layer.fit_to_data(images)
 
 
+def epoch_hooks(model: torch.nn.Module) -> list:
+    """The `start_epoch(epoch)` methods of `model`'s layers that have one (airbench's whitening:
+    its bias stops training after a few epochs), called as each epoch (from 0) begins."""
+    return [
+        layer.start_epoch
+        for layer in model.modules()
+        if callable(getattr(layer, "start_epoch", None))
+    ]
+
+
 class Training:
     """One trial's model, optimiser and step, its data on the device, and its epoch count."""
 
@@ -126,6 +137,9 @@ class Training:
         self.shuffle = torch.Generator().manual_seed(trial.seed)
         self.data = DeviceData(data, device, trial, self.fast.channels_last)
         fit_to_data(model, self.data)
+        # After the fit: the slow copy starts from the model as it first trains.
+        self.lookahead = Lookahead(model) if trial.lookahead else None
+        self.epoch_hooks = epoch_hooks(model)
         self.epoch = 0
 
     def autocast(self) -> contextlib.AbstractContextManager:
@@ -144,6 +158,8 @@ class Training:
         # Each step's labels, gathered once for the epoch rather than batch by batch.
         ordered_labels = labels.index_select(0, order)
         self.model.train()
+        for hook in self.epoch_hooks:
+            hook(self.epoch)
         # Each step's loss and predictions stay on the device, summed once at the end: two ops
         # a step instead of six for running sums, and a host sync every DIVERGENCE_CHECK steps.
         losses: list[torch.Tensor] = []
@@ -157,7 +173,12 @@ class Training:
             loss, logits = self.step(images, y, mix)
             losses.append(loss.detach())
             predictions.append(logits.argmax(1))
+            steps_done = self.epoch * len(batches) + step + 1
+            if self.lookahead is not None and steps_done % PULL_EVERY == 0:
+                self.lookahead.pull(steps_done / (self.trial.epochs * len(batches)))
         self.epoch += 1
+        if self.lookahead is not None and self.epoch == self.trial.epochs:
+            self.lookahead.finish()
         sizes = [len(batch) for batch in batches[: len(losses)]]
         seen = sum(sizes)
         weights = torch.tensor(sizes, dtype=torch.float32, device=self.device)

@@ -56,10 +56,14 @@ class TrainingSettings(BaseModel):
     batch_size: int = Field(64, ge=1)  # images per training step
     epochs: int = Field(5, ge=1)  # passes over the training split: the trial's budget
     weight_decay: float = Field(0.0, ge=0)  # L2 (adam, sgd) or decoupled (adamw)
-    schedule: Schedule = "constant"  # cosine, onecycle: lr → 0 at the last batch
-    # epochs of linear warm-up from 0 to lr, before the schedule; halving's shorter rungs and
-    # final.epochs scale it with the budget, so every run has the same shape
+    schedule: Schedule = "constant"  # cosine, onecycle: lr → lr_end·lr at the last batch
+    # epochs of linear warm-up from lr_start·lr to lr, before the schedule; halving's shorter
+    # rungs and final.epochs scale it with the budget, so every run has the same shape
     warmup: float = Field(0.0, ge=0)
+    lr_start: float = Field(0.0, ge=0, le=1)  # the warm-up's first rate, × lr (airbench: 0.2)
+    # where cosine and onecycle end, × lr (airbench: 0.07, its lookahead averaging the weights
+    # while the rate stays up)
+    lr_end: float = Field(0.0, ge=0, le=1)
     label_smoothing: float = Field(0.0, ge=0, lt=1)  # training loss only; val/test loss are plain
     augment: Augment = "none"  # training batches only: flips; crops of the padded image
     # crop_flip: pixels of (reflected) padding each side, so shifts of up to this many pixels;
@@ -77,6 +81,9 @@ class TrainingSettings(BaseModel):
     # adds both views shifted one pixel up-left and one down-right, at half the weight
     # together (airbench's test-time augmentation, for a model trained on shifts too)
     tta: TestTimeAugment = "none"
+    # airbench's lookahead (trainable/lookahead.py): every 5 steps the weights are pulled to a
+    # slow copy of themselves, more strongly toward the end of the run
+    lookahead: bool = False
     seed: int = 0  # initialisation, shuffling, augmentation and dropout
 
 
