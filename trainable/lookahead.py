@@ -25,6 +25,11 @@ class Lookahead:
         self.live = [t for t in model.state_dict().values() if t.is_floating_point()]
         self.slow = [t.detach().clone() for t in self.live]
 
+    def after_step(self, steps_done: int, steps: int) -> None:
+        """Pull if `steps_done` of the run's `steps` is a multiple of PULL_EVERY."""
+        if steps_done % PULL_EVERY == 0:
+            self.pull(steps_done / steps)
+
     @torch.no_grad()
     def pull(self, progress: float) -> None:
         """Move the slow copy toward the model, `progress` (0 to 1) into the run, and set the

@@ -16,7 +16,7 @@ from trainable.data import DataBundle
 from trainable.device_data import DeviceData
 from trainable.eager import skip_compiler_marks
 from trainable.families import FAMILIES, build_model
-from trainable.lookahead import PULL_EVERY, Lookahead
+from trainable.lookahead import Lookahead
 from trainable.schedules import lr_at
 from trainable.settings import TrialConfig
 from trainable.steps import make_step
@@ -173,9 +173,9 @@ class Training:
             loss, logits = self.step(images, y, mix)
             losses.append(loss.detach())
             predictions.append(logits.argmax(1))
-            steps_done = self.epoch * len(batches) + step + 1
-            if self.lookahead is not None and steps_done % PULL_EVERY == 0:
-                self.lookahead.pull(steps_done / (self.trial.epochs * len(batches)))
+            if self.lookahead is not None:
+                steps = self.trial.epochs * len(batches)
+                self.lookahead.after_step(self.epoch * len(batches) + step + 1, steps)
         self.epoch += 1
         if self.lookahead is not None and self.epoch == self.trial.epochs:
             self.lookahead.finish()
