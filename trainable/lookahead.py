@@ -21,9 +21,9 @@ class Lookahead:
     """The slow copy of `model`'s floating-point state (weights and running statistics)."""
 
     def __init__(self, model: nn.Module) -> None:
-        # state_dict's tensors share storage with the model's: writing them writes the model.
-        self.live = [t for t in model.state_dict().values() if t.is_floating_point()]
-        self.slow = [t.detach().clone() for t in self.live]
+        tensors = [*model.parameters(), *model.buffers()]
+        self.live = [t.detach() for t in tensors if t.is_floating_point()]  # the model's storage
+        self.slow = [t.clone() for t in self.live]
 
     def after_step(self, steps_done: int, steps: int) -> None:
         """Pull if `steps_done` of the run's `steps` is a multiple of PULL_EVERY."""
