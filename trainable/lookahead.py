@@ -3,7 +3,7 @@
 Every PULL_EVERY steps the slow copy moves toward the training weights by 1 - decay, and the
 training weights are set to it. The decay grows with the cube of the run's progress, from 0 (the
 slow copy is the model: no effect early on) to SLOW_SHARE at the last step, so late in the run
-the model is an average over its last few hundred steps, which a short run's noisy end needs.
+the model is an average over its last few dozen steps, which a short run's noisy end needs.
 At the end of the run the model is the slow copy. Batch-norm statistics are averaged with the
 weights: they belong to them.
 """
