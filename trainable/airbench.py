@@ -24,6 +24,7 @@ WHITENING_KERNEL = 2
 WHITENING_EPS = 5e-4  # added to the eigenvalues: filters of near-empty directions stay bounded
 SHIFT_GAIN = 8.0  # the batch-norm shift is SHIFT_GAIN · parameter: SHIFT_GAIN² the learning rate
 LOGIT_SCALE = 1 / 9
+WHITENING_BIAS_EPOCHS = 3  # airbench's; the family's setting (families.py) defaults to it too
 
 
 class Whitening(nn.Conv2d):
@@ -31,7 +32,12 @@ class Whitening(nn.Conv2d):
     trained bias. 2·C·k² output channels: each eigen-filter and its negative, so a GELU after it
     keeps both signs."""
 
-    def __init__(self, channels: int, kernel: int = WHITENING_KERNEL, bias_epochs: int = 3) -> None:
+    def __init__(
+        self,
+        channels: int,
+        kernel: int = WHITENING_KERNEL,
+        bias_epochs: int = WHITENING_BIAS_EPOCHS,
+    ) -> None:
         super().__init__(channels, 2 * channels * kernel**2, kernel, bias=True)
         self.weight.requires_grad_(False)
         nn.init.zeros_(self.bias)
@@ -114,7 +120,10 @@ class Scale(nn.Module):
 
 
 def airbench(
-    input_shape: tuple[int, ...], num_classes: int, width: int = 32, whitening_bias_epochs: int = 3
+    input_shape: tuple[int, ...],
+    num_classes: int,
+    width: int = 32,
+    whitening_bias_epochs: int = WHITENING_BIAS_EPOCHS,
 ) -> nn.Sequential:
     """The network with groups `width`, 2·`width` and 4·`width` channels wide (airbench94: 64,
     256, 256), its whitening bias trained for the first `whitening_bias_epochs` epochs. 32×32

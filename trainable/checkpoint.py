@@ -28,7 +28,7 @@ def training_state(training: Training) -> dict:
         "shuffle_rng": training.shuffle.get_state(),
         "augment_rng": training.data.augment_rng.get_state(),
         "torch_rng": torch.get_rng_state(),
-        **({"lookahead": training.lookahead.state()} if training.lookahead is not None else {}),
+        **({"lookahead": training.lookahead.slow} if training.lookahead is not None else {}),
         # Dropout on a GPU draws from CUDA's stream, not the CPU one above.
         **(
             {"cuda_rng": torch.cuda.get_rng_state(training.device)}

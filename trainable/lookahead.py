@@ -45,10 +45,8 @@ class Lookahead:
         for slow, live in zip(self.slow, self.live, strict=True):
             live.copy_(slow)
 
-    def state(self) -> list[torch.Tensor]:
-        return self.slow
-
     @torch.no_grad()
     def restore(self, slow: list[torch.Tensor]) -> None:
+        """Set the slow copy to `slow`, as a checkpoint saved it."""
         for mine, saved in zip(self.slow, slow, strict=True):
             mine.copy_(saved)

@@ -6,6 +6,7 @@ import contextlib
 import functools
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -107,7 +108,7 @@ def fit_to_data(model: torch.nn.Module, data: DeviceData) -> None:
             layer.fit_to_data(images)
 
 
-def epoch_hooks(model: torch.nn.Module) -> list:
+def epoch_hooks(model: torch.nn.Module) -> list[Callable[[int], None]]:
     """The `start_epoch(epoch)` methods of `model`'s layers that have one (airbench's whitening:
     its bias stops training after a few epochs), called as each epoch (from 0) begins."""
     return [
