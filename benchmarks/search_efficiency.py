@@ -15,7 +15,8 @@ Methods (each run a fresh process; its clock starts when the process does, so Ra
 the data load count alike):
 - default: `tuning/run_optuna.py` as shipped (configs/optuna.yaml);
 - random: random search, every trial trained its full budget (scheduler fifo);
-- tpe: Optuna's TPE with its own defaults, every trial trained its full budget;
+- tpe: Optuna's TPE as it was by default up to Optuna 4 (one density per dimension, no constant
+  liar; Optuna 5's defaults are the default search's own), every trial trained its full budget;
 - tune-defaults: what Ray Tune's docs show: `OptunaSearch()` and `ASHAScheduler()` with their
   defaults, `max_concurrent_trials` the CPUs, on our trainable.
 
@@ -64,6 +65,9 @@ def common_overrides(budget_s: float, seed: int, space: str) -> list[str]:
     overrides = [
         f"search.time_budget_s={budget_s}",
         f"search.seed={seed}",
+        # The budget, not the number of samples, ends every run: on the reduced data halving's
+        # 2-epoch trials can draw the config's 200 before it.
+        "search.num_samples=2000",
         "final.top_k=0",
         f"data.train_subset={TRAIN_IMAGES + 5000}",
     ]
@@ -73,19 +77,27 @@ def common_overrides(budget_s: float, seed: int, space: str) -> list[str]:
 
 
 def run_method(
-    method: str, data_dir: str, out: Path, budget_s: float, seed: int, epochs: int, space: str
+    method: str,
+    sets: list[str] | None,
+    data_dir: str,
+    out: Path,
+    budget_s: float,
+    seed: int,
+    epochs: int,
+    space: str,
 ) -> dict:
-    """Run one method once; its trials' (seconds from start, val acc, test acc) at full budget."""
+    """Run one method (`sets`: its --set items; None: Tune's defaults) once; its trials'
+    (seconds from start, val acc, test acc) at full budget."""
     run_dir = out / f"{method}-seed{seed}"
     overrides = common_overrides(budget_s, seed, space)
-    if METHODS[method] is None:
+    if sets is None:
         command = [sys.executable, __file__, "--tune-defaults", str(run_dir), "--data-dir",
                    data_dir, *[arg for o in overrides for arg in ("--set", o)]]  # fmt: skip
     else:
         command = [
             sys.executable, str(ROOT / "tuning" / "run_optuna.py"), "--data-dir", data_dir,
             "--results-dir", str(out), "--name", run_dir.name, "--no-dashboard", "--no-report",
-            *[arg for o in [*overrides, *METHODS[method]] for arg in ("--set", o)],
+            *[arg for o in [*overrides, *sets] for arg in ("--set", o)],
         ]  # fmt: skip
     start = time.time()
     log = out / f"{run_dir.name}.log"
@@ -188,12 +200,13 @@ def curve(points: list[dict], times: list[float]) -> list[float | None]:
 
 
 def summarise(runs: list[dict]) -> dict:
-    """Each method's curve (mean, spread over seeds) up to the shortest run's wall time: every
-    run's clock includes Ray's start and the data load, which the search's budget does not."""
-    end = min(r["wall_s"] for r in runs)
+    """Each method's curve (mean, spread over seeds) up to the longest run's wall time, so that
+    each run's last value is the one it ends on (a run's clock includes Ray's start and the
+    data load, which the search's budget does not)."""
+    end = max(r["wall_s"] for r in runs)
     times = [end * i / 40 for i in range(1, 41)]
     summary = {}
-    for method in METHODS:
+    for method in dict.fromkeys(r["method"] for r in runs):
         mine = [r for r in runs if r["method"] == method]
         if not mine:
             continue
@@ -274,10 +287,10 @@ def main() -> None:
     parser.add_argument("--tune-defaults", type=Path, help=argparse.SUPPRESS)
     parser.add_argument("--set", action="append", default=[], help=argparse.SUPPRESS)
     args = parser.parse_args()
+    methods = {name: METHODS[name] for name in args.methods}
     for variant in args.variant:
         name, _, items = variant.partition(":")
-        METHODS[name] = [*METHODS["default"], *items.split(",")]
-        args.methods.append(name)
+        methods[name] = [*METHODS["default"], *items.split(",")]
     if args.tune_defaults:
         tune_defaults(args.tune_defaults, args.data_dir, args.set)
         return
@@ -290,11 +303,13 @@ def main() -> None:
     done = {(r["method"], r["seed"]) for r in runs}
     # Seeds outermost: a drift in the VM's speed falls on every method alike.
     for seed in range(args.seeds):
-        for method in args.methods:
+        for method, sets in methods.items():
             if (method, seed) in done:
                 continue
             runs.append(
-                run_method(method, args.data_dir, args.out, args.budget_s, seed, epochs, args.space)
+                run_method(
+                    method, sets, args.data_dir, args.out, args.budget_s, seed, epochs, args.space
+                )
             )
             results_file.write_text(json.dumps(runs, indent=1))
             print(f"{method} seed {seed}: {runs[-1]['wall_s']:.0f} s, "

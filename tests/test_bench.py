@@ -127,13 +127,19 @@ def test_the_search_benchmark_takes_each_seeds_best_full_budget_value_by_then():
     assert curve(points, [40, 50, 150, 250]) == [None, 0.5, 0.5, 0.6]
     runs = [
         {"method": "default", "seed": 0, "points": points, "test_acc": 0.59, "wall_s": 200},
-        {"method": "default", "seed": 1, "points": points[:2], "test_acc": 0.49, "wall_s": 210},
-        {"method": "random", "seed": 0, "points": [], "test_acc": None, "wall_s": 230},
+        {
+            "method": "default",
+            "seed": 1,
+            "points": [*points[:2], {"t": 225, "val_acc": 0.56}],
+            "test_acc": 0.49,
+            "wall_s": 230,
+        },
+        {"method": "random", "seed": 0, "points": [], "test_acc": None, "wall_s": 210},
     ]
-    summary = summarise(runs)  # up to 200 s, the shortest run
-    assert summary["default"]["final_val_mean"] == pytest.approx(0.55)
+    summary = summarise(runs)  # each run's best by its end, the longest run's included
+    assert summary["default"]["final_val_mean"] == pytest.approx(0.58)
     assert summary["default"]["test_mean"] == pytest.approx(0.54)
-    assert summary["default"]["full_budget_trials"] == 2.5
+    assert summary["default"]["full_budget_trials"] == 3
     assert summary["random"]["final_val_mean"] is None  # no trial trained the full budget
 
 
