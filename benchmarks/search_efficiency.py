@@ -243,6 +243,26 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
+def curve_table(runs: list[dict], step_s: float = 50) -> str:
+    """The figure as a Markdown table: each method's best full-budget val acc by every `step_s`
+    seconds, mean (min–max) over seeds; "—" until every seed has one, as the figure starts."""
+    methods = list(dict.fromkeys(r["method"] for r in runs))
+    lines = ["| s | " + " | ".join(methods) + " |", "|---" * (len(methods) + 1) + "|"]
+    end = max(r["wall_s"] for r in runs)
+    times = [step_s * k for k in range(1, int(end // step_s) + 1)] + [end]
+    for t in times:
+        cells = []
+        for method in methods:
+            values = [curve(r["points"], [t])[0] for r in runs if r["method"] == method]
+            cells.append(
+                "—"
+                if None in values
+                else f"{statistics.mean(values):.4f} ({min(values):.4f}–{max(values):.4f})"
+            )
+        lines.append(f"| {t:.0f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
 def figure(summary: dict, path: Path) -> None:
     import matplotlib
 
@@ -317,6 +337,9 @@ def main() -> None:
     summary = summarise(runs)
     (args.out / "summary.json").write_text(json.dumps(summary, indent=1))
     print(table(summary))
+    curves = curve_table(runs)
+    (args.out / "curves.md").write_text(curves + "\n")
+    print(curves)
     figure(summary, args.out / "search_efficiency.png")
     print(f"figure: {args.out / 'search_efficiency.png'}")
 

@@ -143,6 +143,21 @@ def test_the_search_benchmark_takes_each_seeds_best_full_budget_value_by_then():
     assert summary["random"]["final_val_mean"] is None  # no trial trained the full budget
 
 
+def test_the_search_benchmarks_curve_table_gives_each_methods_spread_by_each_time():
+    from search_efficiency import curve_table
+
+    runs = [
+        {"method": "default", "points": [{"t": 40, "val_acc": 0.5}], "wall_s": 120},
+        {"method": "default", "points": [{"t": 60, "val_acc": 0.54}], "wall_s": 110},
+        {"method": "random", "points": [], "wall_s": 115},
+    ]
+    rows = curve_table(runs, step_s=50).splitlines()
+    assert rows[0] == "| s | default | random |"
+    assert rows[2] == "| 50 | — | — |"  # one default seed has no full-budget trial yet
+    assert rows[3] == "| 100 | 0.5200 (0.5000–0.5400) | — |"
+    assert rows[-1].startswith("| 120 | 0.5200")  # the longest run's end closes the table
+
+
 def test_the_search_benchmarks_wide_space_reaches_every_method_as_one_set_item():
     from search_efficiency import SPACES, common_overrides
 
