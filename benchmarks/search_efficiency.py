@@ -13,7 +13,8 @@ validation and test sets whole), so that a 20-epoch trial takes about a minute, 
 
 Methods (each run a fresh process; its clock starts when the process does, so Ray's start and
 the data load count alike):
-- default: `tuning/run_optuna.py` as shipped (configs/optuna.yaml);
+- default: `tuning/run_optuna.py` as shipped (configs/optuna.yaml: a Gaussian process proposes,
+  every trial trained its full budget);
 - random: random search, every trial trained its full budget (scheduler fifo);
 - tpe: Optuna's TPE as it was by default up to Optuna 4 (one density per dimension, no constant
   liar; Optuna 5's defaults are the default search's own), every trial trained its full budget;
@@ -49,6 +50,7 @@ METHODS = {
     "random": ["search.kind=random", "scheduler.kind=fifo"],
     "tpe": [
         "scheduler.kind=fifo",
+        "search.sampler=tpe",
         "search.tpe.multivariate=false",
         "search.tpe.constant_liar=false",
     ],

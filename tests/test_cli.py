@@ -73,7 +73,11 @@ def test_grid_smoke_writes_the_contract_tables(tmp_path):
         ("run_grid.py", ["--set", "trial.nope=1"], "'nope' is not a key of trial"),
         ("run_grid.py", ["--config", "missing.yaml"], "cannot read config"),
         ("run_grid.py", ["--data-dir", "tests"], "holds neither CIFAR-10's files"),
-        ("run_optuna.py", ["--set", "scheduler.grace_period=99"], "grace_period"),
+        (
+            "run_optuna.py",
+            ["--set", "scheduler.kind=asha", "--set", "scheduler.grace_period=99"],
+            "grace_period",
+        ),
         ("run_optuna.py", ["--set", "search.space={}"], "needs a non-empty search.space"),
         ("run_optuna.py", ["--set", "search.kind=grid"], "a grid uses search.grid"),
         ("run_optuna.py", ["--set", "scheduler.kind=bohb"], "scheduler.kind"),

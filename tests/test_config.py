@@ -32,7 +32,8 @@ def test_a_config_holds_only_what_differs_from_the_defaults(path):
         default = defaults
         for part in key.split("."):
             default = default[part]
-        if value == default and key != "search.kind":  # the kind names what the file is
+        # The kind names what the file is; the scheduler's default depends on the search's.
+        if value == default and key not in ("search.kind", "scheduler.kind"):
             same.append(key)
     assert same == [], f"{path.name} repeats the defaults of {same}: remove them"
 
@@ -78,6 +79,12 @@ def write(tmp_path, text: str) -> Path:
         ("trial: {cutout: -4}", "trial.cutout"),
         ("trial: {epochs: 4, warmup: 4}", "warm-up of 4.0 epochs does not end before"),
         ("search: {grid: {epochs: [2, 8]}}\ntrial: {warmup: 3}", "the run's 2 epochs"),
+        ("search: {kind: optuna, space: {lr: {uniform: [0.1, 0.2]}}, sampler: cma}", "sampler"),
+        (
+            "search: {kind: optuna, space: {lr: {uniform: [0.1, 0.2]}}, sampler: gp,\n"
+            "  tpe: {multivariate: false}}",
+            "search.tpe sets up TPE, but search.sampler is gp",
+        ),
         (
             "search: {grid: {width: [16, 32]}}",
             "search.grid.width only affects model airbench or cnn",
@@ -105,6 +112,12 @@ def test_a_check_across_sections_does_not_echo_the_whole_config(tmp_path):
         load_config(write(tmp_path, "search: {grid: {dropout: [0.1]}}\ntrial: {model: cnn}"))
     assert "set trial.model: mlp" in str(err.value)
     assert "got {" not in str(err.value)
+
+
+def test_a_run_folders_config_from_before_startup_trials_moved_still_loads(tmp_path):
+    text = "search: {kind: optuna, space: {lr: {uniform: [0.1, 0.2]}}, tpe: {startup_trials: 4}}"
+    search = load_config(write(tmp_path, text)).search
+    assert (search.sampler, search.startup_trials) == ("tpe", 4)
 
 
 def test_missing_file_is_a_config_error(tmp_path):

@@ -194,6 +194,8 @@ SLOW_HALVING = [
     "--no-dashboard",
     "--no-report",
     "--set",
+    "scheduler.kind=halving",
+    "--set",
     "search.space={lr: {loguniform: [0.0005, 0.005]}}",
     "--set",
     "trial.hidden=1024",

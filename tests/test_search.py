@@ -182,14 +182,21 @@ def test_optuna_distributions_keep_ranges_steps_and_scale():
 
 @pytest.mark.parametrize("tpe", [{}, {"multivariate": False, "constant_liar": False}])
 def test_tpe_runs_as_the_config_says(tmp_path, tpe):
-    config = tiny_config(
-        search={"kind": "optuna", "space": SPACE, "tpe": {**tpe, "startup_trials": 4}}
-    )
+    config = tiny_config(search={"kind": "optuna", "space": SPACE, "tpe": tpe, "startup_trials": 4})
     sampler = build_plan(config, tmp_path).search_alg.study.sampler
     assert isinstance(sampler, optuna.samplers.TPESampler)
     # Optuna keeps these private; read here only to see that the config reaches them.
     assert sampler._multivariate == sampler._constant_liar == (tpe == {})
     assert sampler._n_startup_trials == 4
+
+
+def test_a_gaussian_process_proposes_when_the_config_says(tmp_path):
+    config = tiny_config(
+        search={"kind": "optuna", "space": SPACE, "sampler": "gp", "startup_trials": 3}
+    )
+    sampler = build_plan(config, tmp_path).search_alg.study.sampler
+    assert isinstance(sampler, optuna.samplers.GPSampler)
+    assert sampler._n_startup_trials == 3  # private in Optuna; read only to see the config reach it
 
 
 @pytest.mark.parametrize("kind", ["asha", "median", "hyperband", "pbt", "fifo"])

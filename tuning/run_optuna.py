@@ -1,4 +1,5 @@
-"""An Optuna (TPE) search inside Ray Tune with early stopping; the choice judged once on test.
+"""An Optuna search (a Gaussian process or TPE) inside Ray Tune, with early stopping if asked;
+the choice judged once on test.
 
 python tuning/run_optuna.py --data-dir /tmp/cifar10
 python tuning/run_optuna.py --data-dir /tmp/cifar10 --set scheduler.kind=median

@@ -64,7 +64,7 @@ class Distribution(Strict):
 
 
 class TPEConfig(Strict):
-    """Optuna's TPE sampler (kind optuna)."""
+    """Optuna's TPE sampler (search.sampler tpe)."""
 
     # One joint density over all dimensions rather than one per dimension: it sees that a
     # good lr depends on the batch size and the optimiser.
@@ -72,7 +72,6 @@ class TPEConfig(Strict):
     # Trials still running count as bad ones while the next is proposed: two trials started
     # together are not proposed into the same spot.
     constant_liar: bool = True
-    startup_trials: int = Field(10, ge=0)  # random proposals before TPE models the results
 
 
 class SearchConfig(Strict):
@@ -86,6 +85,12 @@ class SearchConfig(Strict):
     evaluate_trial_first: bool = True  # first try the `trial` section's point (the original's)
     # Run folders whose finished trials an Optuna search starts from (also --warm-start).
     warm_start: list[str] = Field(default_factory=list)
+    # Kind optuna's proposer. gp: a Gaussian process with expected improvement (Optuna's
+    # GPSampler; trials still running are accounted for), which learns more from a few dozen
+    # trials; tpe: a proposal costs next to nothing at any number of trials. The default is
+    # what run folders written before this setting searched with (--resume reads them).
+    sampler: Literal["gp", "tpe"] = "tpe"
+    startup_trials: int = Field(10, ge=0)  # random proposals before the sampler models results
     tpe: TPEConfig = Field(default_factory=TPEConfig)
 
     @property
@@ -99,6 +104,17 @@ class SearchConfig(Strict):
             **{key: list(values) for key, values in self.grid.items()},
             **{key: dist.values() for key, dist in self.space.items()},
         }
+
+    @model_validator(mode="before")
+    @classmethod
+    def _startup_trials_moved(cls, data: Any) -> Any:
+        # Run folders written before it counted for either sampler keep it under search.tpe;
+        # --resume and --warm-start read them.
+        tpe = data.get("tpe") if isinstance(data, dict) else None
+        if isinstance(tpe, dict) and "startup_trials" in tpe:
+            tpe = dict(tpe)
+            data = {"startup_trials": tpe.pop("startup_trials"), **data, "tpe": tpe}
+        return data
 
     @field_validator("grid")
     @classmethod
@@ -130,6 +146,11 @@ class SearchConfig(Strict):
             raise ValueError(
                 f"search.warm_start feeds an Optuna study; kind {self.kind} has none: "
                 "use kind optuna or drop warm_start"
+            )
+        if self.sampler == "gp" and self.tpe != TPEConfig():
+            raise ValueError(
+                "search.tpe sets up TPE, but search.sampler is gp: drop search.tpe or set "
+                "search.sampler: tpe"
             )
         if self.kind != "grid" and not self.space:
             raise ValueError(

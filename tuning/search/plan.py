@@ -20,6 +20,7 @@ from ray.tune.search import BasicVariantGenerator, Searcher
 
 from tuning.config import ConfigError, ExperimentConfig
 from tuning.config.keys import TRAINING_ITERATION, nested, param_name
+from tuning.config.schema import SearchConfig
 from tuning.config.space import optuna_space, param_space, to_tune, trial_value
 from tuning.search.halving import Rungs
 from tuning.search.searcher import StudySearcher
@@ -93,15 +94,10 @@ def _warm_start(
 def _optuna_searcher(
     config: ExperimentConfig, points: list[dict], run_dir: Path, notes: list[str]
 ) -> Searcher:
-    """Optuna's TPE over the run's study, in SQLite in the run folder: the study outlives the
-    run, resumes, and optuna-dashboard reads it. `run_tuner` limits its concurrency."""
-    tpe = config.search.tpe
-    sampler = optuna.samplers.TPESampler(
-        seed=config.search.seed,
-        multivariate=tpe.multivariate,
-        constant_liar=tpe.constant_liar,
-        n_startup_trials=tpe.startup_trials,
-    )
+    """Optuna's sampler (search.sampler) over the run's study, in SQLite in the run folder: the
+    study outlives the run, resumes, and optuna-dashboard reads it. `run_tuner` limits its
+    concurrency."""
+    sampler = make_sampler(config.search)
     study = open_study(run_dir, metric=config.metric, mode=config.mode, sampler=sampler)
     epochs, scheduler = config.trial.epochs, config.scheduler
     rungs = None
@@ -128,6 +124,18 @@ def _optuna_searcher(
         points=points,
         rungs=rungs,
         warmup=config.trial.warmup,
+    )
+
+
+def make_sampler(search: SearchConfig) -> optuna.samplers.BaseSampler:
+    if search.sampler == "gp":
+        # It models COMPLETE trials only: under halving, those that reached the full budget.
+        return optuna.samplers.GPSampler(seed=search.seed, n_startup_trials=search.startup_trials)
+    return optuna.samplers.TPESampler(
+        seed=search.seed,
+        multivariate=search.tpe.multivariate,
+        constant_liar=search.tpe.constant_liar,
+        n_startup_trials=search.startup_trials,
     )
 
 

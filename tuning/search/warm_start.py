@@ -105,7 +105,8 @@ def seed_study(config: ExperimentConfig, study_path: Path) -> tuple[str, list[di
         f"warm start: {len(added)} finished trials of {runs} added to the study "
         f"({', '.join(map(str, folders))}); {left} left out{f' ({reasons})' if left else ''}"
     )
-    # TPE proposes at random until the study holds its start-up trials.
-    if 0 < len(study.trials) < (startup := config.search.tpe.startup_trials):
-        line += f"; TPE's first {startup - len(study.trials)} proposals are still random ones"
+    # The sampler proposes at random until the study holds its start-up trials (every trial
+    # added is COMPLETE, which either sampler counts).
+    if 0 < len(study.trials) < (startup := config.search.startup_trials):
+        line += f"; the first {startup - len(study.trials)} proposals are still random ones"
     return line, [t.params for t in added]
