@@ -210,6 +210,8 @@ def summarise(runs: list[dict]) -> dict:
     summary = {}
     for method in dict.fromkeys(r["method"] for r in runs):
         mine = [r for r in runs if r["method"] == method]
+        if not mine:
+            continue
         curves = [curve(r["points"], times) for r in mine]
         final = [c[-1] for c in curves if c[-1] is not None]
         tests = [r["test_acc"] for r in mine if r["test_acc"] is not None]
@@ -243,13 +245,6 @@ def table(summary: dict) -> str:
     return "\n".join(lines)
 
 
-def seed_spread(values: list[float | None]) -> tuple[float, float, float] | None:
-    """Mean, min and max over seeds; None until every seed has a full-budget trial."""
-    if not values or None in values:
-        return None
-    return statistics.mean(values), min(values), max(values)
-
-
 def curve_table(runs: list[dict], step_s: float = 50) -> str:
     """The figure as a Markdown table: each method's best full-budget val acc by every `step_s`
     seconds, mean (min–max) over seeds; "—" until every seed has one, as the figure starts."""
@@ -260,10 +255,12 @@ def curve_table(runs: list[dict], step_s: float = 50) -> str:
     for t in times:
         cells = []
         for method in methods:
-            spread = seed_spread(
-                [curve(r["points"], [t])[0] for r in runs if r["method"] == method]
+            values = [curve(r["points"], [t])[0] for r in runs if r["method"] == method]
+            cells.append(
+                "—"
+                if None in values
+                else f"{statistics.mean(values):.4f} ({min(values):.4f}–{max(values):.4f})"
             )
-            cells.append("—" if spread is None else "{:.4f} ({:.4f}–{:.4f})".format(*spread))
         lines.append(f"| {t:.0f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -278,11 +275,12 @@ def figure(summary: dict, path: Path) -> None:
     for method, s in summary.items():
         xs, mean, low, high = [], [], [], []
         for i, t in enumerate(s["times"]):
-            if spread := seed_spread([c[i] for c in s["curves"]]):
+            values = [c[i] for c in s["curves"] if c[i] is not None]
+            if len(values) == len(s["curves"]):  # every seed has a full-budget trial by then
                 xs.append(t)
-                mean.append(spread[0])
-                low.append(spread[1])
-                high.append(spread[2])
+                mean.append(statistics.mean(values))
+                low.append(min(values))
+                high.append(max(values))
         ax.plot(xs, mean, label=method)
         ax.fill_between(xs, low, high, alpha=0.2)
     ax.set_xlabel("wall time (s)")

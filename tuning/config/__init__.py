@@ -5,20 +5,13 @@ Imports nothing of the other rooms (see `tuning/__init__.py`)."""
 
 from tuning.config.errors import ConfigError
 from tuning.config.loading import apply_overrides, load_config, smoke_overrides
-from tuning.config.schema import (
-    METRICS,
-    Distribution,
-    ExperimentConfig,
-    SearchConfig,
-    check_own_models,
-)
+from tuning.config.schema import METRICS, Distribution, ExperimentConfig, check_own_models
 
 __all__ = [
     "METRICS",
     "ConfigError",
     "Distribution",
     "ExperimentConfig",
-    "SearchConfig",
     "apply_overrides",
     "check_own_models",
     "load_config",

@@ -18,8 +18,9 @@ from ray.tune.schedulers import (
 )
 from ray.tune.search import BasicVariantGenerator, Searcher
 
-from tuning.config import ConfigError, ExperimentConfig, SearchConfig
+from tuning.config import ConfigError, ExperimentConfig
 from tuning.config.keys import TRAINING_ITERATION, nested, param_name
+from tuning.config.schema import SearchConfig
 from tuning.config.space import optuna_space, param_space, to_tune, trial_value
 from tuning.search.halving import Rungs
 from tuning.search.searcher import StudySearcher
